@@ -1,0 +1,381 @@
+//! `pipeline.toml`: the one configuration file of a tamiz deployment.
+//!
+//! Every field has a default so an empty file (or none at all) runs the embedded mode.
+//! Relative paths are resolved against the directory of the file they were read from,
+//! so `tamiz serve --config /etc/tamiz/pipeline.toml` does not depend on the working
+//! directory. `TAMIZ_HTTP_ADDR` and `TAMIZ_DATA_DIR` override the file.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: Limits,
+    pub model: ModelConfig,
+    pub completeness: CompletenessConfig,
+    pub worker: WorkerConfig,
+    pub triage: TriageConfig,
+    pub reading: ReadingConfig,
+    /// Where studies from an imaging center that is not configured are read.
+    pub default_diagnosis_center: String,
+    pub diagnosis_centers: Vec<DiagnosisCenter>,
+    pub imaging_centers: Vec<ImagingCenter>,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API (DICOMweb, worklist, coordinator) listens on.
+    pub http_addr: String,
+    /// Embedded mode: the SQLite catalog and the object-store directory live here.
+    pub data_dir: PathBuf,
+}
+
+/// Limits checked before an upload is allowed to cost memory or disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted DICOM instance, counted on the streamed bytes.
+    pub max_instance_bytes: u64,
+    /// Largest accepted STOW-RS request body, counted on the streamed bytes.
+    pub max_request_bytes: u64,
+    pub max_rows: u32,
+    pub max_columns: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The model card (TOML); the `.onnx` file it names sits beside it.
+    pub card: PathBuf,
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+    pub intra_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompletenessConfig {
+    /// A study without all four screening views is processed once no instance has
+    /// arrived for this long.
+    pub stable_after_secs: u64,
+    /// How often the server looks for studies that became stable.
+    pub sweep_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// In-process workers started by `tamiz serve` (0: none, for API-only nodes).
+    pub concurrency: usize,
+    pub lease_secs: u64,
+    pub heartbeat_secs: u64,
+    /// After this many failed attempts a job is dead-lettered (and its study still
+    /// goes to a worklist, untriaged).
+    pub max_attempts: u32,
+    /// Retry delay is `backoff_base_secs * 2^(attempt-1)`.
+    pub backoff_base_secs: u64,
+    pub poll_interval_ms: u64,
+}
+
+/// Due times per priority class, counted from the study's first received instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriageConfig {
+    pub urgent_days: u32,
+    pub routine_days: u32,
+    pub low_days: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadingConfig {
+    /// A claim not turned into a reading within this time returns to the queue.
+    pub claim_timeout_secs: u64,
+}
+
+impl Default for ReadingConfig {
+    fn default() -> Self {
+        ReadingConfig { claim_timeout_secs: 3600 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosisCenter {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagingCenter {
+    pub id: String,
+    pub name: String,
+    /// The diagnosis center that reads this center's studies.
+    pub home: String,
+    /// Institution Name (0008,0080) values that identify this center when the upload
+    /// does not say which center it comes from.
+    #[serde(default)]
+    pub institution_names: Vec<String>,
+}
+
+/// A yearly screening target: the whole program, or one imaging center.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub year: i32,
+    /// `None` for the program-wide target.
+    #[serde(default)]
+    pub center: Option<String>,
+    pub mammograms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            model: ModelConfig::default(),
+            completeness: CompletenessConfig::default(),
+            worker: WorkerConfig::default(),
+            triage: TriageConfig::default(),
+            reading: ReadingConfig::default(),
+            default_diagnosis_center: "central".into(),
+            diagnosis_centers: vec![DiagnosisCenter {
+                id: "central".into(),
+                name: "Central diagnosis center".into(),
+            }],
+            imaging_centers: Vec::new(),
+            targets: Vec::new(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http_addr: "127.0.0.1:8042".into(),
+            data_dir: "tamiz-data".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_instance_bytes: 256 << 20,
+            max_request_bytes: 4 << 30,
+            max_rows: 8192,
+            max_columns: 8192,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            card: "models/triage.toml".into(),
+            intra_threads: 0,
+        }
+    }
+}
+
+impl Default for CompletenessConfig {
+    fn default() -> Self {
+        CompletenessConfig {
+            stable_after_secs: 600,
+            sweep_interval_secs: 5,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 2,
+            lease_secs: 120,
+            heartbeat_secs: 20,
+            max_attempts: 3,
+            backoff_base_secs: 5,
+            poll_interval_ms: 250,
+        }
+    }
+}
+
+impl Default for TriageConfig {
+    fn default() -> Self {
+        TriageConfig {
+            urgent_days: 2,
+            routine_days: 7,
+            low_days: 7,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means "all defaults".
+    pub fn load(path: &Path, must_exist: bool) -> Result<Config, ConfigError> {
+        let mut config = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mut c: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                c.resolve_paths(base);
+                c
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Config::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if base.as_os_str().is_empty() {
+            return;
+        }
+        for p in [&mut self.server.data_dir, &mut self.model.card] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(addr) = std::env::var("TAMIZ_HTTP_ADDR") {
+            self.server.http_addr = addr;
+        }
+        if let Ok(dir) = std::env::var("TAMIZ_DATA_DIR") {
+            self.server.data_dir = dir.into();
+        }
+    }
+
+    /// Checks cross references so that a typo fails at start, not at routing time.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut diag = HashSet::new();
+        for d in &self.diagnosis_centers {
+            check_id(&d.id)?;
+            if !diag.insert(d.id.as_str()) {
+                return bad(format!("diagnosis center `{}` is defined twice", d.id));
+            }
+        }
+        if !diag.contains(self.default_diagnosis_center.as_str()) {
+            return bad(format!(
+                "default_diagnosis_center `{}` is not among [[diagnosis_centers]]",
+                self.default_diagnosis_center
+            ));
+        }
+        let mut imaging = HashSet::new();
+        for c in &self.imaging_centers {
+            check_id(&c.id)?;
+            if !imaging.insert(c.id.as_str()) {
+                return bad(format!("imaging center `{}` is defined twice", c.id));
+            }
+            if !diag.contains(c.home.as_str()) {
+                return bad(format!(
+                    "imaging center `{}` has home `{}`, which is not a diagnosis center",
+                    c.id, c.home
+                ));
+            }
+        }
+        for t in &self.targets {
+            if let Some(c) = &t.center {
+                if !imaging.contains(c.as_str()) {
+                    return bad(format!("target for {} names unknown imaging center `{c}`", t.year));
+                }
+            }
+        }
+        if self.worker.max_attempts == 0 {
+            return bad("worker.max_attempts must be at least 1".into());
+        }
+        if self.worker.heartbeat_secs == 0 || self.worker.heartbeat_secs >= self.worker.lease_secs {
+            return bad("worker.heartbeat_secs must be > 0 and < worker.lease_secs".into());
+        }
+        Ok(())
+    }
+
+    pub fn imaging_center(&self, id: &str) -> Option<&ImagingCenter> {
+        self.imaging_centers.iter().find(|c| c.id == id)
+    }
+}
+
+/// Center ids appear in URLs and logs: keep them to a safe alphabet.
+fn check_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "center id `{id}` must be 1-64 characters of letters, digits, `-` or `_`"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let c: Config = toml::from_str("").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.server.http_addr, "127.0.0.1:8042");
+        assert_eq!(c.default_diagnosis_center, "central");
+    }
+
+    #[test]
+    fn unknown_home_center_is_rejected() {
+        let c: Config = toml::from_str(
+            r#"
+            [[imaging_centers]]
+            id = "c1"
+            name = "Clinic"
+            home = "nowhere"
+            "#,
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn misspelled_key_is_an_error() {
+        let err = toml::from_str::<Config>("[worker]\nconcurency = 3\n").unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+}

@@ -1,0 +1,301 @@
+//! The metadata tamiz needs from one instance, and the checks an instance must pass
+//! before it is stored.
+
+use std::fmt;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
+
+use super::{is_valid_uid, trim_value};
+use crate::config::Limits;
+
+/// Mammography SOP classes (PS3.4 Annex B.5): digital mammography for presentation and
+/// for processing, and breast projection X-ray.
+pub const MAMMOGRAPHY_SOP_CLASSES: &[&str] = &[
+    "1.2.840.10008.5.1.4.1.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.13.1.4",
+    "1.2.840.10008.5.1.4.1.1.13.1.5",
+];
+
+/// Single-frame image SOP classes that carry mammograms when Modality is MG: CR, DX
+/// and Secondary Capture (the digitized-film archives, CBIS-DDSM among them, use SC).
+const GENERIC_IMAGE_SOP_CLASSES: &[&str] = &[
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Laterality {
+    L,
+    R,
+}
+
+/// The projection. Only CC and MLO count towards a complete screening study.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum View {
+    Cc,
+    Mlo,
+    Other(String),
+}
+
+impl Laterality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Laterality::L => "L",
+            Laterality::R => "R",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Laterality> {
+        match s {
+            "L" => Some(Laterality::L),
+            "R" => Some(Laterality::R),
+            _ => None,
+        }
+    }
+}
+
+impl View {
+    pub fn as_str(&self) -> &str {
+        match self {
+            View::Cc => "CC",
+            View::Mlo => "MLO",
+            View::Other(s) => s,
+        }
+    }
+    pub fn parse(s: &str) -> View {
+        match s {
+            "CC" => View::Cc,
+            "MLO" => View::Mlo,
+            other => View::Other(other.to_owned()),
+        }
+    }
+    pub fn is_screening(&self) -> bool {
+        matches!(self, View::Cc | View::Mlo)
+    }
+}
+
+/// What the catalog records about an accepted instance.
+#[derive(Clone)]
+pub struct InstanceMeta {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub transfer_syntax: String,
+    pub modality: String,
+    pub laterality: Laterality,
+    pub view: View,
+    pub rows: u32,
+    pub columns: u32,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    /// Patient ID and issuer: only ever hashed into a pseudonymous key, never logged.
+    pub patient_id: String,
+    pub patient_issuer: String,
+    pub institution_name: Option<String>,
+}
+
+/// Patient identifiers are redacted so the struct can be logged safely.
+impl fmt::Debug for InstanceMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceMeta")
+            .field("sop_instance_uid", &self.sop_instance_uid)
+            .field("study_uid", &self.study_uid)
+            .field("laterality", &self.laterality)
+            .field("view", &self.view)
+            .field("rows", &self.rows)
+            .field("columns", &self.columns)
+            .field("patient_id", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an instance was refused. The text names the problem and the attribute.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InvalidInstance {
+    #[error("not a DICOM file: {0}")]
+    NotDicom(String),
+    #[error("missing required attribute {0}")]
+    Missing(&'static str),
+    #[error("attribute {name} has an unusable value `{value}`")]
+    BadValue { name: &'static str, value: String },
+    #[error("invalid UID in {name}: `{value}` (PS3.5 §9.1: digits and dots, at most 64 characters)")]
+    BadUid { name: &'static str, value: String },
+    #[error("not a mammogram: Modality {modality}, SOP Class {sop_class}")]
+    NotMammography { modality: String, sop_class: String },
+    #[error("missing laterality: neither Image Laterality (0020,0062) nor Laterality (0020,0060) is L or R")]
+    MissingLaterality,
+    #[error("missing view: no View Position (0018,5101), View Code Sequence (0054,0220) or CC/MLO Patient Orientation")]
+    MissingView,
+    #[error("image too large: {rows}x{columns} exceeds the limit {max_rows}x{max_columns}")]
+    TooLarge {
+        rows: u32,
+        columns: u32,
+        max_rows: u32,
+        max_columns: u32,
+    },
+    #[error("unsupported pixel format: {0}")]
+    UnsupportedPixels(String),
+    #[error("instance belongs to study {found}, not to the study {expected} named in the request URL")]
+    WrongStudy { expected: String, found: String },
+}
+
+impl InvalidInstance {
+    /// The Failure Reason (0008,1197) code for the STOW-RS response (PS3.18 §10.5.3,
+    /// PS3.4 Annex GG): A900 for data that does not match its SOP class or the
+    /// request, C000 for data that cannot be understood, 0122 for an SOP class we do
+    /// not store.
+    pub fn failure_reason(&self) -> u16 {
+        match self {
+            InvalidInstance::NotDicom(_) => 0xC000,
+            InvalidInstance::NotMammography { .. } => 0x0122,
+            InvalidInstance::UnsupportedPixels(_) => 0xC000,
+            _ => 0xA900,
+        }
+    }
+}
+
+/// Reads one attribute as trimmed text, `None` when absent or empty.
+fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let e = obj.get(tag)?;
+    let v = e.to_str().ok()?;
+    let v = trim_value(&v);
+    (!v.is_empty()).then(|| v.to_owned())
+}
+
+fn required(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, InvalidInstance> {
+    text(obj, tag).ok_or(InvalidInstance::Missing(name))
+}
+
+fn uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, InvalidInstance> {
+    let v = required(obj, tag, name)?;
+    if is_valid_uid(&v) {
+        Ok(v)
+    } else {
+        Err(InvalidInstance::BadUid { name, value: printable(&v) })
+    }
+}
+
+fn number(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<u32, InvalidInstance> {
+    let v = required(obj, tag, name)?;
+    let e = obj.get(tag).ok_or(InvalidInstance::Missing(name))?;
+    e.to_int::<u32>().map_err(|_| InvalidInstance::BadValue { name, value: printable(&v) })
+}
+
+/// Keeps hostile values from flooding an error message or a terminal.
+fn printable(s: &str) -> String {
+    s.chars().take(80).map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+fn laterality(obj: &InMemDicomObject) -> Option<Laterality> {
+    [tags::IMAGE_LATERALITY, tags::LATERALITY]
+        .into_iter()
+        .find_map(|t| text(obj, t).and_then(|v| Laterality::parse(&v)))
+}
+
+/// View Position first; then the View Code Sequence (SNOMED codes for CC and MLO);
+/// then a Patient Orientation of exactly "CC"/"MLO", which digitized-film archives
+/// such as CBIS-DDSM use in place of View Position.
+fn view(obj: &InMemDicomObject) -> Option<View> {
+    if let Some(v) = text(obj, tags::VIEW_POSITION) {
+        return Some(View::parse(&v.to_ascii_uppercase()));
+    }
+    if let Some(items) = obj.get(tags::VIEW_CODE_SEQUENCE).and_then(|e| e.items()) {
+        if let Some(item) = items.first() {
+            match text(item, tags::CODE_VALUE).as_deref() {
+                Some("R-10242") | Some("399162004") => return Some(View::Cc),
+                Some("R-10226") | Some("399368009") => return Some(View::Mlo),
+                _ => {}
+            }
+        }
+    }
+    match text(obj, tags::PATIENT_ORIENTATION).as_deref() {
+        Some("CC") => Some(View::Cc),
+        Some("MLO") => Some(View::Mlo),
+        _ => None,
+    }
+}
+
+/// Extracts and validates everything tamiz needs. Runs on every uploaded instance
+/// before a byte of it is stored.
+pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta, InvalidInstance> {
+    let sop_class_uid = uid(obj, tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?;
+    let sop_instance_uid = uid(obj, tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
+    let study_uid = uid(obj, tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
+    let series_uid = uid(obj, tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
+    let transfer_syntax = trim_value(obj.meta().transfer_syntax()).to_owned();
+    let modality = text(obj, tags::MODALITY).unwrap_or_default();
+
+    let mammo_class = MAMMOGRAPHY_SOP_CLASSES.contains(&sop_class_uid.as_str());
+    let mg_image =
+        modality == "MG" && GENERIC_IMAGE_SOP_CLASSES.contains(&sop_class_uid.as_str());
+    if !(mammo_class || mg_image) {
+        return Err(InvalidInstance::NotMammography {
+            modality: if modality.is_empty() { "(none)".into() } else { printable(&modality) },
+            sop_class: sop_class_uid,
+        });
+    }
+
+    let laterality = laterality(obj).ok_or(InvalidInstance::MissingLaterality)?;
+    let view = view(obj).ok_or(InvalidInstance::MissingView)?;
+
+    let rows = number(obj, tags::ROWS, "Rows (0028,0010)")?;
+    let columns = number(obj, tags::COLUMNS, "Columns (0028,0011)")?;
+    if rows == 0 || columns == 0 || rows > limits.max_rows || columns > limits.max_columns {
+        return Err(InvalidInstance::TooLarge {
+            rows,
+            columns,
+            max_rows: limits.max_rows,
+            max_columns: limits.max_columns,
+        });
+    }
+    let bits_allocated = number(obj, tags::BITS_ALLOCATED, "Bits Allocated (0028,0100)")? as u16;
+    let bits_stored = number(obj, tags::BITS_STORED, "Bits Stored (0028,0101)")? as u16;
+    let samples = number(obj, tags::SAMPLES_PER_PIXEL, "Samples per Pixel (0028,0002)")?;
+    let frames = match obj.get(tags::NUMBER_OF_FRAMES) {
+        Some(e) => e.to_int::<u32>().unwrap_or(1),
+        None => 1,
+    };
+    if !matches!(bits_allocated, 8 | 16) || bits_stored == 0 || bits_stored > bits_allocated {
+        return Err(InvalidInstance::UnsupportedPixels(format!(
+            "Bits Allocated {bits_allocated}, Bits Stored {bits_stored}"
+        )));
+    }
+    if samples != 1 {
+        return Err(InvalidInstance::UnsupportedPixels(format!(
+            "{samples} samples per pixel (mammograms are grayscale)"
+        )));
+    }
+    if frames != 1 {
+        return Err(InvalidInstance::UnsupportedPixels(format!(
+            "{frames} frames (only single-frame projection images are read)"
+        )));
+    }
+    if obj.get(tags::PIXEL_DATA).is_none() {
+        return Err(InvalidInstance::Missing("Pixel Data (7FE0,0010)"));
+    }
+
+    Ok(InstanceMeta {
+        sop_class_uid,
+        sop_instance_uid,
+        study_uid,
+        series_uid,
+        transfer_syntax,
+        modality,
+        laterality,
+        view,
+        rows,
+        columns,
+        bits_allocated,
+        bits_stored,
+        patient_id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
+        patient_issuer: text(obj, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(),
+        institution_name: text(obj, tags::INSTITUTION_NAME),
+    })
+}

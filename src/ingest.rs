@@ -1,0 +1,139 @@
+//! Ingest: one uploaded instance (already streamed to a temporary file) is validated,
+//! written to the object store and catalogued, whatever protocol brought it.
+//!
+//! Order matters for "no study lost" and "bad input changes nothing": validate fully
+//! before anything is written; write the object before the catalog row (so every
+//! catalogued instance has its bytes); never overwrite an object (a crash between the
+//! two steps leaves an uncatalogued object, which the next identical upload adopts).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::catalog::{Catalog, CatalogError, InsertOutcome};
+use crate::config::Config;
+use crate::dicom::meta::extract;
+use crate::dicom::{InstanceMeta, InvalidInstance};
+use crate::routing::identify_imaging_center;
+use crate::storage::{instance_key, ObjectStore, PutOutcome, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInstance),
+    #[error("instance {sop_uid} is already stored with different content; the stored instance was kept")]
+    Conflict { sop_uid: String, sop_class_uid: String },
+    #[error("storage error: {0}")]
+    Store(#[from] StoreError),
+    #[error("catalog error: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("reading the upload: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What happened to an accepted instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Stored,
+    /// The identical instance was already stored: nothing changed.
+    AlreadyStored,
+}
+
+/// Everything ingest needs, shared by every upload path.
+#[derive(Clone)]
+pub struct Ingest {
+    pub catalog: Catalog,
+    pub store: Arc<dyn ObjectStore>,
+    pub config: Arc<Config>,
+    /// Model card `name@version`: ready studies get one job for it.
+    pub model_version: String,
+    /// Where uploads are streamed before validation.
+    pub upload_dir: PathBuf,
+}
+
+impl Ingest {
+    /// Validates and stores one instance from `path`. `expected_study` is the study
+    /// named in the request URL, if any; `declared_center` the imaging center the
+    /// uploader says it is.
+    pub async fn ingest_file(
+        &self,
+        path: &Path,
+        expected_study: Option<&str>,
+        declared_center: Option<&str>,
+    ) -> Result<(InstanceMeta, Accepted), IngestError> {
+        let limits = self.config.limits.clone();
+        let p = path.to_owned();
+        let (meta, sha256, size) = tokio::task::spawn_blocking(move || parse_and_hash(&p, &limits))
+            .await
+            .map_err(|e| IngestError::Io(std::io::Error::other(e)))??;
+        if let Some(expected) = expected_study {
+            if expected != meta.study_uid {
+                return Err(InvalidInstance::WrongStudy {
+                    expected: expected.chars().take(64).collect(),
+                    found: meta.study_uid.clone(),
+                }
+                .into());
+            }
+        }
+        let conflict = || IngestError::Conflict {
+            sop_uid: meta.sop_instance_uid.clone(),
+            sop_class_uid: meta.sop_class_uid.clone(),
+        };
+        // Fast path for resends: nothing is written.
+        match self.catalog.instance_sha256(&meta.sop_instance_uid).await? {
+            Some(existing) if existing == sha256 => return Ok((meta, Accepted::AlreadyStored)),
+            Some(_) => return Err(conflict()),
+            None => {}
+        }
+        let key = instance_key(&meta.study_uid, &meta.series_uid, &meta.sop_instance_uid);
+        if self.store.put_file_if_absent(&key, path).await? == PutOutcome::AlreadyExists {
+            // An uncatalogued object: left by a crash after the write (adopt it if it
+            // is the same bytes) or by a concurrent upload of different bytes.
+            let stored = self.store.get(&key).await?;
+            if hex::encode(Sha256::digest(&stored)) != sha256 {
+                return Err(conflict());
+            }
+        }
+        let center = identify_imaging_center(&self.config, declared_center, meta.institution_name.as_deref());
+        let outcome = self
+            .catalog
+            .insert_instance(&meta, center.as_deref(), &key, size, &sha256, &self.model_version, crate::now_ms())
+            .await?;
+        match outcome {
+            InsertOutcome::Inserted { study_ready } => {
+                tracing::info!(study = %meta.study_uid, sop = %meta.sop_instance_uid, study_ready, "instance stored");
+                Ok((meta, Accepted::Stored))
+            }
+            InsertOutcome::Duplicate => Ok((meta, Accepted::AlreadyStored)),
+            InsertOutcome::Conflict { .. } => Err(conflict()),
+        }
+    }
+}
+
+/// Parses the whole file (a truncated file fails here, not in a worker later),
+/// validates it, and hashes its bytes.
+fn parse_and_hash(
+    path: &Path,
+    limits: &crate::config::Limits,
+) -> Result<(InstanceMeta, String, u64), IngestError> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .open_file(path)
+        .map_err(|e| InvalidInstance::NotDicom(e.to_string()))?;
+    let meta = extract(&obj, limits)?;
+    drop(obj);
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((meta, hex::encode(hasher.finalize()), size))
+}

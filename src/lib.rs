@@ -1,0 +1,62 @@
+//! tamiz: a mammography screening pipeline.
+//!
+//! Imaging centers upload screening mammograms (DICOMweb STOW-RS); each study is
+//! validated and stored, triaged by an ONNX model when its four views are in, and
+//! placed on the prioritized worklist of a diagnosis center, where radiologists claim
+//! and read it; coordinators follow the program against its yearly targets.
+//!
+//! # Layout
+//! - [`config`]: `pipeline.toml`, the deployment's single configuration.
+//! - [`dicom`]: metadata extraction and validation; stored samples → display values.
+//! - [`ingest`]: one uploaded instance → object store + catalog.
+//! - [`storage`]: the `ObjectStore` trait and the local-directory store.
+//! - [`catalog`]: SQL: studies, instances, job queue, worklists, readings, targets.
+//! - [`preprocess`]: display image → model tensor, as the model card says.
+//! - [`model`]: model card and the ONNX Runtime session thread.
+//! - [`triage`]: per-view scores → priority class and due time.
+//! - [`routing`]: study → diagnosis center.
+//! - [`worker`]: lease → fetch → decode → infer → route → finish.
+//! - [`api`]: axum routes (DICOMweb, worklist, coordinator).
+//! - [`server`]: `tamiz serve` wiring, startable on any listener.
+//! - [`upload`], [`demo`], [`evaluate`]: the other subcommands.
+//! - [`synth`]: synthetic mammograms with known ground truth (demo, tests, training).
+
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod dataset;
+pub mod demo;
+pub mod dicom;
+pub mod evaluate;
+pub mod ingest;
+pub mod model;
+pub mod preprocess;
+pub mod routing;
+pub mod server;
+pub mod storage;
+pub mod synth;
+pub mod triage;
+pub mod upload;
+pub mod worker;
+
+/// Wall-clock time as Unix epoch milliseconds (the catalog's time unit).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The UTC calendar year containing `ms`, with its start and end (epoch ms).
+pub fn year_bounds(ms: i64) -> (i32, i64, i64) {
+    let iso = api::iso_time(ms);
+    let year: i32 = iso[..4].parse().unwrap_or(1970);
+    let start = |y: i32| {
+        humantime::parse_rfc3339(&format!("{y:04}-01-01T00:00:00Z"))
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    (year, start(year), start(year + 1))
+}

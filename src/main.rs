@@ -1,0 +1,142 @@
+//! The `tamiz` command: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use tamiz::config::Config;
+
+#[derive(Parser)]
+#[command(name = "tamiz", version, about = "Mammography screening pipeline: ingest, AI triage, prioritized worklists")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, ingest and the triage workers (embedded SQLite + local directory).
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "pipeline.toml")]
+        config: PathBuf,
+    },
+    /// Upload DICOM files and folders to a tamiz server over STOW-RS.
+    Upload {
+        /// Base URL of the server, e.g. http://127.0.0.1:8042
+        #[arg(long, env = "TAMIZ_URL", default_value = "http://127.0.0.1:8042")]
+        url: String,
+        /// Imaging center id (sent as X-Tamiz-Center).
+        #[arg(long)]
+        center: Option<String>,
+        /// Files or folders (walked recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// A screening day end to end on the embedded default, printed as worklists.
+    Demo {
+        #[arg(long, default_value = "pipeline.toml")]
+        config: PathBuf,
+        /// Synthetic studies per imaging center.
+        #[arg(long, default_value_t = 4)]
+        studies_per_center: usize,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+        /// Where the demo's catalog and objects go (wiped first).
+        #[arg(long, default_value = "tamiz-demo")]
+        data_dir: PathBuf,
+        /// Keep the API up after the demo (on the configured address).
+        #[arg(long)]
+        keep_serving: bool,
+    },
+    /// Score a labelled folder (DICOM files + labels.csv) with the pipeline's own path.
+    Evaluate {
+        dir: PathBuf,
+        #[arg(long, default_value = "models/triage.toml")]
+        card: PathBuf,
+    },
+    /// Write synthetic screening studies (DICOM) and their labels.csv.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        studies: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of studies with a lesion.
+        #[arg(long, default_value_t = 0.5)]
+        cancer_fraction: f64,
+    },
+    /// Write a preprocessed synthetic training set (x.npy, y.npy, study.npy).
+    Dataset {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 600)]
+        studies: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "models/triage.toml")]
+        card: PathBuf,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAMIZ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tamiz=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve { config } => {
+            init_tracing();
+            let config = Config::load(&config, config != PathBuf::from("pipeline.toml"))?;
+            rt.block_on(async {
+                let addr = config.server.http_addr.clone();
+                let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+                let server = tamiz::server::start(config, listener).await?;
+                println!("tamiz serving on {}", server.base_url());
+                tokio::signal::ctrl_c().await?;
+                server.stop().await;
+                Ok(())
+            })
+        }
+        Command::Upload { url, center, paths } => {
+            let report = rt.block_on(tamiz::upload::upload(&url, center.as_deref(), &paths, true))?;
+            if report.failed() > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Demo { config, studies_per_center, seed, data_dir, keep_serving } => {
+            if std::env::var_os("TAMIZ_LOG").is_some() {
+                init_tracing();
+            }
+            let mut config = Config::load(&config, true)?;
+            if std::env::var_os("TAMIZ_DATA_DIR").is_none() {
+                config.server.data_dir = data_dir;
+            }
+            rt.block_on(tamiz::demo::run(config, tamiz::demo::DemoOptions { studies_per_center, seed, keep_serving }))
+        }
+        Command::Evaluate { dir, card } => {
+            let model = tamiz::model::Model::load(&card, 0)?;
+            let e = tamiz::evaluate::evaluate(&dir, &model, &Default::default())?;
+            print!("{}", tamiz::evaluate::report(&e, &model));
+            Ok(())
+        }
+        Command::Synth { out, studies, seed, cancer_fraction } => {
+            let plans = tamiz::dataset::write_synthetic(&out, studies, seed, cancer_fraction)?;
+            println!("wrote {} studies ({} with a lesion) to {}", plans.len(), plans.iter().filter(|p| p.label() == 1).count(), out.display());
+            Ok(())
+        }
+        Command::Dataset { out, studies, seed, card } => {
+            let (card, _) = tamiz::model::ModelCard::load(&card)?;
+            tamiz::dataset::write_training_set(&out, studies, seed, &card.preprocess)?;
+            println!("wrote {} views to {}", studies * 4, out.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! `tamiz serve`: the API, ingest, the completeness sweeper and the in-process workers
+//! in one process, on the embedded catalog and object store.
+//!
+//! [`start`] takes a bound listener, so tests and the demo run a real server on port 0;
+//! [`RunningServer::stop`] drains: the HTTP server stops accepting, workers finish the
+//! job in hand, then everything is awaited.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{router, AppState};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::model::{Model, ModelCard};
+use crate::storage::{FsStore, ObjectStore};
+use crate::worker::{self, WorkerContext};
+
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub catalog: Catalog,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, lets workers finish their current job, and waits.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Resolves when a stop was requested by [`RunningServer::stop`]'s sender.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Opens storage and catalog under `config.server.data_dir`, loads the model (if this
+/// process runs workers) and starts serving on `listener`.
+pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
+    let config = Arc::new(config);
+    let data = &config.server.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
+    let catalog = Catalog::open_sqlite(&data.join("catalog.sqlite"))
+        .await
+        .with_context(|| format!("opening the catalog in {}", data.display()))?;
+    catalog.sync_config(&config).await.context("loading centers and targets")?;
+    let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(data.join("objects"))?);
+    let upload_dir = data.join("uploads");
+    std::fs::create_dir_all(&upload_dir).with_context(|| format!("creating {}", upload_dir.display()))?;
+
+    let (card, _) = ModelCard::load(&config.model.card)?;
+    let model_version = card.version_key();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    if config.worker.concurrency > 0 {
+        let (path, threads) = (config.model.card.clone(), config.model.intra_threads);
+        let model = tokio::task::spawn_blocking(move || Model::load(&path, threads)).await??;
+        tracing::info!(model = %model.card.version_key(), notice = %model.card.notice, "model loaded");
+        let ctx = WorkerContext { catalog: catalog.clone(), store: store.clone(), model, config: config.clone() };
+        for i in 0..config.worker.concurrency {
+            let name = format!("worker-{}-{i}", std::process::id());
+            tasks.push(tokio::spawn(worker::run(ctx.clone(), name, shutdown_rx.clone())));
+        }
+    }
+
+    tasks.push(tokio::spawn(sweep_stable_studies(
+        catalog.clone(),
+        config.clone(),
+        model_version.clone(),
+        shutdown_rx.clone(),
+    )));
+
+    let ingest = Ingest { catalog: catalog.clone(), store, config: config.clone(), model_version, upload_dir };
+    let app = router(AppState { ingest, catalog: catalog.clone(), config: config.clone() });
+    let addr = listener.local_addr()?;
+    let mut http_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    tracing::info!(%addr, data_dir = %data.display(), "tamiz serving");
+    Ok(RunningServer { addr, catalog, shutdown: shutdown_tx, tasks })
+}
+
+/// Makes ready the studies that stopped receiving instances without completing their
+/// four views.
+async fn sweep_stable_studies(catalog: Catalog, config: Arc<Config>, model_version: String, mut shutdown: watch::Receiver<bool>) {
+    let c = &config.completeness;
+    let every = Duration::from_secs(c.sweep_interval_secs.max(1));
+    loop {
+        let now = crate::now_ms();
+        match catalog
+            .mark_stable_studies_ready(now - c.stable_after_secs as i64 * 1000, c.stable_after_secs, &model_version, now)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(studies = n, "stable studies made ready"),
+            Err(e) => tracing::warn!(error = %e, "stability sweep failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The embedded object store: one file per object under a root directory.
+//!
+//! Atomic create-if-absent: the bytes are first complete in a temporary file on the
+//! same filesystem, then hard-linked to the final name. `link(2)` fails if the name
+//! exists, so two writers can never replace each other's object, and a reader never
+//! sees half a file.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+
+use super::{check_key, ObjectStore, PutOutcome, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+}
+
+impl FsStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<FsStore, StoreError> {
+        let root = root.into();
+        let io = |source| StoreError::Io { key: root.display().to_string(), source };
+        std::fs::create_dir_all(root.join(".tmp")).map_err(io)?;
+        Ok(FsStore { root })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn put_blocking(&self, key: &str, src: &Path) -> Result<PutOutcome, StoreError> {
+        let dest = self.path(key)?;
+        let io = |source| StoreError::Io { key: key.to_owned(), source };
+        if dest.exists() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        // Copy into our own temp file and fsync it, so the object does not depend on
+        // the caller's file (which may be on another filesystem and is deleted later).
+        let tmp = self.root.join(".tmp").join(format!(
+            "{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let result = (|| {
+            std::fs::copy(src, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            match std::fs::hard_link(&tmp, &dest) {
+                Ok(()) => Ok(PutOutcome::Created),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+                Err(e) => Err(e),
+            }
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result.map_err(io)
+    }
+}
+
+impl ObjectStore for FsStore {
+    fn put_file_if_absent<'a>(&'a self, key: &'a str, src: &'a Path) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
+        let this = self.clone();
+        let (key_owned, src) = (key.to_owned(), src.to_owned());
+        async move {
+            tokio::task::spawn_blocking(move || this.put_blocking(&key_owned, &src))
+                .await
+                .map_err(|e| StoreError::Io { key: key.to_owned(), source: std::io::Error::other(e) })?
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            match tokio::fs::read(&path).await {
+                Ok(b) => Ok(Bytes::from(b)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(key.to_owned())),
+                Err(source) => Err(StoreError::Io { key: key.to_owned(), source }),
+            }
+        }
+        .boxed()
+    }
+
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            tokio::fs::try_exists(&path)
+                .await
+                .map_err(|source| StoreError::Io { key: key.to_owned(), source })
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_if_absent_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().join("objects")).unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"first").unwrap();
+        std::fs::write(&b, b"second").unwrap();
+        let key = "studies/1/2/3.dcm";
+        assert_eq!(store.put_file_if_absent(key, &a).await.unwrap(), PutOutcome::Created);
+        assert_eq!(store.put_file_if_absent(key, &b).await.unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(&store.get(key).await.unwrap()[..], b"first");
+        assert!(store.exists(key).await.unwrap());
+        assert!(matches!(store.get("studies/9.dcm").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(store.get("../etc/passwd").await, Err(StoreError::BadKey(_))));
+        // no temp files left behind
+        assert_eq!(std::fs::read_dir(dir.path().join("objects/.tmp")).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,72 @@
+//! Object storage for the DICOM bytes: a trait, and the local-directory store of the
+//! embedded mode. Keys are `studies/{study}/{series}/{sop}.dcm` built from validated
+//! UIDs; the store refuses any other shape of key anyway.
+
+mod fs;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+pub use fs::FsStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object key `{0}` is not allowed")]
+    BadKey(String),
+    #[error("object `{0}` not found")]
+    NotFound(String),
+    #[error("object store I/O on `{key}`: {source}")]
+    Io { key: String, source: std::io::Error },
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// An object already exists under the key; it was left untouched.
+    AlreadyExists,
+}
+
+/// Where instance bytes live. Writes never overwrite: a second write under a key that
+/// exists reports [`PutOutcome::AlreadyExists`], which is what lets ingest refuse a
+/// conflicting instance without ever harming the stored one.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Stores the file at `src` under `key` unless the key exists. The write is
+    /// atomic: readers see the whole object or none.
+    fn put_file_if_absent<'a>(&'a self, key: &'a str, src: &'a Path) -> BoxFuture<'a, Result<PutOutcome, StoreError>>;
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
+    fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+/// The key of an instance. Callers pass UIDs that passed [`crate::dicom::is_valid_uid`].
+pub fn instance_key(study: &str, series: &str, sop: &str) -> String {
+    format!("studies/{study}/{series}/{sop}.dcm")
+}
+
+/// Keys are relative paths of safe characters with no `.` or `..` component.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        && key.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadKey(key.chars().take(100).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert!(check_key(&instance_key("1.2", "1.3", "1.4")).is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "a/./b", "a b", "a\\b", ".."] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `tamiz upload`: the imaging center's client. Walks files and folders, sends DICOM
+//! files in batches over STOW-RS, prints one line per file, and fails (non-zero exit)
+//! if any file failed. Re-running is safe: instances already stored are reported as
+//! stored and nothing is duplicated.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use dicom_dictionary_std::tags;
+use serde_json::Value;
+
+/// Largest batch, in files and in bytes.
+const BATCH_FILES: usize = 16;
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// What happened to one file.
+#[derive(Debug, Clone)]
+pub struct FileResult {
+    pub path: PathBuf,
+    pub outcome: Result<String, String>,
+}
+
+#[derive(Debug, Default)]
+pub struct UploadReport {
+    pub results: Vec<FileResult>,
+}
+
+impl UploadReport {
+    pub fn failed(&self) -> usize {
+        self.results.iter().filter(|r| r.outcome.is_err()).count()
+    }
+    pub fn stored(&self) -> usize {
+        self.results.len() - self.failed()
+    }
+}
+
+/// All regular files under `paths`, sorted, folders walked recursively.
+pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let md = std::fs::metadata(p).with_context(|| format!("{}: cannot read", p.display()))?;
+        if md.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(p)
+                .with_context(|| format!("{}: cannot list", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            for e in entries {
+                walk(&e, out)?;
+            }
+        } else if md.is_file() {
+            out.push(p.to_owned());
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The SOP Instance UID of a file, read from its header only.
+fn sop_uid(path: &Path) -> Result<String, String> {
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
+    let uid = obj
+        .get(tags::SOP_INSTANCE_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|v| crate::dicom::trim_value(&v).to_owned())
+        .ok_or("no SOP Instance UID (0008,0018)")?;
+    Ok(uid)
+}
+
+/// Uploads every file under `paths` to the STOW-RS endpoint of `base_url`.
+/// `center` is sent as the `X-Tamiz-Center` header. `print` writes a line per file.
+pub async fn upload(base_url: &str, center: Option<&str>, paths: &[PathBuf], print: bool) -> anyhow::Result<UploadReport> {
+    let files = collect_files(paths)?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .context("building the HTTP client")?;
+    let url = format!("{}/dicomweb/studies", base_url.trim_end_matches('/'));
+    let mut report = UploadReport::default();
+    let emit = |r: FileResult, report: &mut UploadReport| {
+        if print {
+            match &r.outcome {
+                Ok(s) => println!("{s:<8} {}", r.path.display()),
+                Err(e) => println!("FAILED   {}: {e}", r.path.display()),
+            }
+        }
+        report.results.push(r);
+    };
+
+    let mut batch: Vec<(PathBuf, String, u64)> = Vec::new();
+    let mut batch_bytes = 0u64;
+    let mut i = 0;
+    while i <= files.len() {
+        let flush = i == files.len() || batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES;
+        if flush && !batch.is_empty() {
+            for r in send_batch(&client, &url, center, &batch).await {
+                emit(r, &mut report);
+            }
+            batch.clear();
+            batch_bytes = 0;
+        }
+        if i == files.len() {
+            break;
+        }
+        let path = &files[i];
+        i += 1;
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        match sop_uid(path) {
+            Ok(uid) => {
+                batch_bytes += size;
+                batch.push((path.clone(), uid, size));
+            }
+            Err(e) => emit(FileResult { path: path.clone(), outcome: Err(e) }, &mut report),
+        }
+    }
+    if print {
+        println!("{} file(s): {} stored, {} failed", report.results.len(), report.stored(), report.failed());
+    }
+    Ok(report)
+}
+
+/// Sends one batch (retrying transport errors and 5xx, which is safe because the
+/// server treats a resent instance as already stored) and maps the response back to
+/// files by SOP Instance UID.
+async fn send_batch(
+    client: &reqwest::Client,
+    url: &str,
+    center: Option<&str>,
+    batch: &[(PathBuf, String, u64)],
+) -> Vec<FileResult> {
+    let boundary = format!("tamiz-{:032x}", rand::random::<u128>());
+    let mut body = Vec::with_capacity(batch.iter().map(|b| b.2 as usize + 128).sum());
+    for (path, _, _) in batch {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+                body.extend_from_slice(&bytes);
+                body.extend_from_slice(b"\r\n");
+            }
+            Err(e) => {
+                return batch
+                    .iter()
+                    .map(|(p, _, _)| FileResult { path: p.clone(), outcome: Err(format!("reading {}: {e}", path.display())) })
+                    .collect()
+            }
+        }
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+
+    let mut last_error = String::new();
+    for attempt in 0..3u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+        }
+        let mut req = client.post(url).header("Content-Type", &content_type).body(body.clone());
+        if let Some(c) = center {
+            req = req.header(crate::api::CENTER_HEADER, c);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                last_error = format!("sending to {url}: {e}");
+                continue;
+            }
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_server_error() {
+            last_error = format!("server answered {status}: {}", text.chars().take(300).collect::<String>());
+            continue;
+        }
+        return map_response(status, &text, batch);
+    }
+    batch
+        .iter()
+        .map(|(p, _, _)| FileResult { path: p.clone(), outcome: Err(last_error.clone()) })
+        .collect()
+}
+
+fn map_response(status: reqwest::StatusCode, text: &str, batch: &[(PathBuf, String, u64)]) -> Vec<FileResult> {
+    let json: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    if let Some(err) = json.get("error").and_then(Value::as_str) {
+        return batch
+            .iter()
+            .map(|(p, _, _)| FileResult { path: p.clone(), outcome: Err(format!("request refused ({status}): {err}")) })
+            .collect();
+    }
+    let sq = |tag: &str| json.get(tag).and_then(|v| v.get("Value")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let first_str = |item: &Value, tag: &str| {
+        item.get(tag).and_then(|v| v.get("Value")).and_then(|v| v.get(0)).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let stored: HashSet<String> = sq("00081199").iter().filter_map(|i| first_str(i, "00081155")).collect();
+    let mut failed: HashMap<String, String> = HashMap::new();
+    let mut anonymous: Vec<String> = Vec::new();
+    for item in sq("00081198") {
+        let reason = first_str(&item, "00081197").and_then(|r| r.parse::<u16>().ok()).unwrap_or(0);
+        let comment = first_str(&item, "00000902").unwrap_or_default();
+        let msg = format!("{comment} (failure reason {reason:04X}H)");
+        match first_str(&item, "00081155") {
+            Some(uid) => {
+                failed.insert(uid, msg);
+            }
+            None => anonymous.push(msg),
+        }
+    }
+    batch
+        .iter()
+        .map(|(p, uid, _)| {
+            let outcome = if stored.contains(uid) {
+                Ok("stored".to_string())
+            } else if let Some(m) = failed.get(uid) {
+                Err(m.clone())
+            } else if anonymous.len() == 1 {
+                Err(anonymous[0].clone())
+            } else if !anonymous.is_empty() {
+                Err(format!("refused; the server reported: {}", anonymous.join(" | ")))
+            } else {
+                Err(format!("not in the server's response (status {status})"))
+            };
+            FileResult { path: p.clone(), outcome }
+        })
+        .collect()
+}

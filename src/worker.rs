@@ -1,0 +1,251 @@
+//! The triage worker: lease a job → fetch the study's views → decode and preprocess
+//! (off the async runtime) → infer in one batch → triage → route → finish the job.
+//!
+//! Failures are sorted once, here: a study whose pixels cannot be read will not
+//! improve with retries and goes out *untriaged* at once; storage, catalog or model
+//! trouble is retried with exponential backoff, and after the last attempt the job is
+//! dead-lettered and the study still goes out untriaged. Either way it reaches a
+//! worklist.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::catalog::{Catalog, CatalogError, Job, JobOutcome, StoredInstance};
+use crate::config::Config;
+use crate::dicom::pixels::decode_display;
+use crate::model::Model;
+use crate::preprocess::{preprocess, PreprocessSpec};
+use crate::routing::route;
+use crate::storage::ObjectStore;
+use crate::triage::{classify, untriaged, ViewScore};
+
+pub use crate::catalog::NewItem;
+
+/// The model's scores for a study, and the screening views it lacked.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub view_scores: Vec<ViewScore>,
+    pub missing: Vec<String>,
+}
+
+/// Why triage of a study did not produce scores.
+#[derive(Debug, thiserror::Error)]
+pub enum StudyError {
+    /// Retrying cannot help (unreadable pixels, no screening views).
+    #[error("{0}")]
+    Permanent(String),
+    /// Might work next time (storage, catalog, model thread).
+    #[error("{0}")]
+    Transient(String),
+}
+
+/// Shared by all workers of a process.
+#[derive(Clone)]
+pub struct WorkerContext {
+    pub catalog: Catalog,
+    pub store: Arc<dyn ObjectStore>,
+    pub model: Model,
+    pub config: Arc<Config>,
+}
+
+/// Aborts the task when dropped, so a heartbeat never outlives its job (an early
+/// return or a panic would otherwise leave it extending a dead lease).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one worker until `shutdown` turns true; a job in progress is finished first.
+pub async fn run(ctx: WorkerContext, name: String, mut shutdown: watch::Receiver<bool>) {
+    let poll = Duration::from_millis(ctx.config.worker.poll_interval_ms);
+    let lease_ms = ctx.config.worker.lease_secs as i64 * 1000;
+    while !*shutdown.borrow() {
+        match ctx.catalog.lease_job(&name, crate::now_ms(), lease_ms).await {
+            Ok(Some(job)) => process_job(&ctx, job).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(worker = %name, error = %e, "leasing a job failed");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// Processes one leased job to its end (finished, retried or lease lost).
+pub async fn process_job(ctx: &WorkerContext, job: Job) {
+    let span = tracing::info_span!("job", id = job.id, study = %job.study_uid, attempt = job.attempts);
+    let _enter = span.enter();
+    let cfg = &ctx.config.worker;
+    let lease_ms = cfg.lease_secs as i64 * 1000;
+    let result = if job.attempts > cfg.max_attempts as i64 {
+        // Leased again after its last attempt's lease expired (worker crash).
+        Err(StudyError::Transient(format!(
+            "no attempt finished (last error: {})",
+            job.last_error.as_deref().unwrap_or("worker stopped")
+        )))
+    } else {
+        let heartbeat = {
+            let (catalog, job) = (ctx.catalog.clone(), job.clone());
+            let every = Duration::from_secs(cfg.heartbeat_secs);
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = catalog.heartbeat(&job, crate::now_ms(), lease_ms).await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                        if matches!(e, CatalogError::LeaseLost) {
+                            return;
+                        }
+                    }
+                }
+            }))
+        };
+        let r = triage_study(ctx, &job).await;
+        drop(heartbeat);
+        r
+    };
+    let (origin, received_ms) = match ctx.catalog.study_origin(&job.study_uid).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the study failed; the lease will expire and the job run again");
+            return;
+        }
+    };
+    let routed = route(&ctx.config, origin.as_deref());
+    let untriaged_item = |reason: String| NewItem {
+        center: routed.center.clone(),
+        triage: untriaged(reason, &ctx.config.triage, received_ms),
+        view_scores: Vec::new(),
+        model_version: None,
+        reason: String::new(),
+    };
+    let (outcome, mut item, error) = match result {
+        Ok(scored) => {
+            let card = &ctx.model.card;
+            let triage =
+                classify(&scored.view_scores, &scored.missing, &card.operating_points, &ctx.config.triage, received_ms);
+            let item = NewItem {
+                center: routed.center.clone(),
+                triage,
+                view_scores: scored.view_scores,
+                model_version: Some(card.version_key()),
+                reason: String::new(),
+            };
+            (JobOutcome::Done, item, None)
+        }
+        Err(StudyError::Permanent(reason)) => (JobOutcome::Done, untriaged_item(reason.clone()), Some(reason)),
+        Err(StudyError::Transient(reason)) => {
+            if job.attempts < cfg.max_attempts as i64 {
+                let backoff = cfg.backoff_base_secs as i64 * 1000 * (1i64 << (job.attempts - 1).clamp(0, 16));
+                tracing::warn!(error = %reason, backoff_ms = backoff, "attempt failed; will retry");
+                if let Err(e) = ctx.catalog.retry_job(&job, &reason, crate::now_ms() + backoff).await {
+                    tracing::warn!(error = %e, "could not schedule the retry");
+                }
+                return;
+            }
+            let why = format!("gave up after {} attempts: {reason}", cfg.max_attempts);
+            (JobOutcome::Dead, untriaged_item(why.clone()), Some(why))
+        }
+    };
+    item.reason = format!("{}; routed to {}: {}", item.triage.reason, routed.center, routed.reason);
+    item.center = routed.center;
+    match ctx.catalog.finish_job(&job, outcome, &item, error.as_deref(), crate::now_ms()).await {
+        Ok(()) => tracing::info!(priority = item.triage.priority.as_str(), center = %item.center, "study on worklist"),
+        Err(e) => tracing::warn!(error = %e, "finishing the job failed; it will run again"),
+    }
+}
+
+/// The four screening views in batch order, most recent instance per view.
+pub fn pick_views(instances: &[StoredInstance]) -> (Vec<StoredInstance>, Vec<String>) {
+    let mut latest: BTreeMap<(String, String), StoredInstance> = BTreeMap::new();
+    for i in instances.iter().filter(|i| i.view == "CC" || i.view == "MLO") {
+        latest.insert((i.laterality.clone(), i.view.clone()), i.clone());
+    }
+    let missing = ["R-CC", "L-CC", "R-MLO", "L-MLO"]
+        .iter()
+        .filter(|k| {
+            let (l, v) = k.split_once('-').expect("static keys");
+            !latest.contains_key(&(l.to_owned(), v.to_owned()))
+        })
+        .map(|s| s.to_string())
+        .collect();
+    (latest.into_values().collect(), missing)
+}
+
+/// Decodes and preprocesses one stored instance. Panics in the decoder are caught
+/// (dicom-rs's RLE reader panics on truncated data).
+pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, String> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let obj = dicom_object::OpenFileOptions::new()
+            .from_reader(bytes)
+            .or_else(|_| {
+                dicom_object::OpenFileOptions::new()
+                    .read_preamble(dicom_object::file::ReadPreamble::Always)
+                    .from_reader(bytes)
+            })
+            .map_err(|e| format!("cannot parse: {e}"))?;
+        let img = decode_display(&obj).map_err(|e| e.to_string())?;
+        Ok(preprocess(img, spec))
+    }))
+    .unwrap_or_else(|_| Err("the decoder crashed on corrupt pixel data".into()))
+}
+
+/// Fetches, decodes, preprocesses and scores a study's screening views.
+async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyError> {
+    let instances = ctx
+        .catalog
+        .study_instances(&job.study_uid)
+        .await
+        .map_err(|e| StudyError::Transient(e.to_string()))?;
+    let (views, missing) = pick_views(&instances);
+    if views.is_empty() {
+        return Err(StudyError::Permanent("no CC or MLO view in the study".into()));
+    }
+    let mut fetched = Vec::with_capacity(views.len());
+    for v in &views {
+        let bytes = ctx
+            .store
+            .get(&v.object_key)
+            .await
+            .map_err(|e| StudyError::Transient(format!("fetching {}-{}: {e}", v.laterality, v.view)))?;
+        fetched.push((v.clone(), bytes));
+    }
+    let spec = ctx.model.card.preprocess.clone();
+    let n = fetched.len();
+    let (labels, batch) = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::with_capacity(n * spec.height * spec.width);
+        let mut labels = Vec::with_capacity(n);
+        for (v, bytes) in &fetched {
+            let t = prepare_view(bytes, &spec)
+                .map_err(|e| StudyError::Permanent(format!("{}-{} could not be decoded: {e}", v.laterality, v.view)))?;
+            batch.extend_from_slice(&t);
+            labels.push((v.laterality.clone(), v.view.clone()));
+        }
+        Ok::<_, StudyError>((labels, batch))
+    })
+    .await
+    .map_err(|e| StudyError::Transient(format!("preprocessing task failed: {e}")))??;
+    let scores = ctx
+        .model
+        .infer(batch, n)
+        .await
+        .map_err(|e| StudyError::Transient(e.to_string()))?;
+    let view_scores: Vec<ViewScore> = labels
+        .into_iter()
+        .zip(scores)
+        .map(|((laterality, view), score)| ViewScore { laterality, view, score })
+        .collect();
+    Ok(Scored { view_scores, missing })
+}
