@@ -37,7 +37,7 @@ Outputs
   parameter count, ONNX size, versions and seed.
 
 Set up the environment with ``bash models/setup-venv.sh`` and run e.g.
-``models/.venv/bin/python models/train.py --data models/data``.
+``models/.venv/bin/python models/train.py --data models/data/train``.
 No network access is needed at run time.
 """
 
@@ -242,7 +242,7 @@ def split_studies(study: np.ndarray, y: np.ndarray, val_frac: float, seed: int):
 
 
 def batch(x: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-    idx = np.sort(idx)  # sequential reads from the memory map
+    """Views idx (callers pass sorted indices: sequential reads from the memmap)."""
     return torch.from_numpy(np.ascontiguousarray(x[idx]))
 
 
@@ -253,10 +253,11 @@ def batch(x: np.ndarray, idx: np.ndarray) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, idx: np.ndarray, bs: int,
             logits: bool = True) -> np.ndarray:
+    assert np.all(np.diff(idx) > 0), "predict expects sorted, unique indices"
     model.eval()
     out = []
     for s in range(0, idx.size, bs):
-        b = np.sort(idx[s:s + bs])
+        b = idx[s:s + bs]
         o = model(batch(x, b))
         out.append(torch.sigmoid(o) if logits else o)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
@@ -504,7 +505,7 @@ def check_with_ort(path: Path, x: np.ndarray, va_idx: np.ndarray, args,
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     out = []
     for s in range(0, va_idx.size, args.eval_batch_size):
-        b = np.sort(va_idx[s:s + args.eval_batch_size])
+        b = va_idx[s:s + args.eval_batch_size]  # sorted, like in predict()
         out.append(sess.run(["p"], {"x": np.ascontiguousarray(x[b])})[0])
     pv = np.concatenate(out) if out else np.zeros(0, np.float32)
     if pv.shape != ref.shape:
@@ -538,7 +539,7 @@ def main(argv=None) -> None:
         description="Train tamiz's triage CNN on preprocessed views and export ONNX. "
                     "Synthetic data only; not for clinical use.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default=str(HERE / "data"),
+    p.add_argument("--data", default=str(HERE / "data" / "train"),
                    help="directory with x.npy [N,1,512,416] float32, y.npy [N] float32, "
                         "study.npy [N] int64")
     p.add_argument("--out", default=str(HERE / "triage.onnx"), help="ONNX model to write")

@@ -117,7 +117,9 @@ pub struct ReadingConfig {
 
 impl Default for ReadingConfig {
     fn default() -> Self {
-        ReadingConfig { claim_timeout_secs: 3600 }
+        ReadingConfig {
+            claim_timeout_secs: 3600,
+        }
     }
 }
 
@@ -312,7 +314,10 @@ impl Config {
         for t in &self.targets {
             if let Some(c) = &t.center {
                 if !imaging.contains(c.as_str()) {
-                    return bad(format!("target for {} names unknown imaging center `{c}`", t.year));
+                    return bad(format!(
+                        "target for {} names unknown imaging center `{c}`",
+                        t.year
+                    ));
                 }
             }
         }

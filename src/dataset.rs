@@ -26,30 +26,60 @@ fn finding_name(p: &StudyPlan) -> &'static str {
 }
 
 /// Runs `f` over `items` on `threads` threads, keeping the order of results.
-fn parallel_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let chunk = items.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|s| {
-        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker thread panicked")).collect()
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread panicked"))
+            .collect()
     })
 }
 
 pub fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Writes `n` synthetic studies as DICOM files under `out/{study_uid}/` and
 /// `out/labels.csv` (`study_uid,label,finding,breast`).
-pub fn write_synthetic(out: &Path, n: usize, seed: u64, cancer_fraction: f64) -> anyhow::Result<Vec<StudyPlan>> {
+pub fn write_synthetic(
+    out: &Path,
+    n: usize,
+    seed: u64,
+    cancer_fraction: f64,
+) -> anyhow::Result<Vec<StudyPlan>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let plans = plan_studies(n, seed, cancer_fraction, SYNTH_ROWS, SYNTH_COLUMNS, &["SYNTHETIC"]);
+    let plans = plan_studies(
+        n,
+        seed,
+        cancer_fraction,
+        SYNTH_ROWS,
+        SYNTH_COLUMNS,
+        &["SYNTHETIC"],
+    );
     for r in parallel_map(&plans, threads(), |p| write_study(p, out)) {
         r?;
     }
     let mut csv = String::from("study_uid,label,finding,breast\n");
     for p in &plans {
         let breast = p.lesion.map(|(l, _)| l.as_str()).unwrap_or("");
-        csv.push_str(&format!("{},{},{},{}\n", p.study_uid, p.label(), finding_name(p), breast));
+        csv.push_str(&format!(
+            "{},{},{},{}\n",
+            p.study_uid,
+            p.label(),
+            finding_name(p),
+            breast
+        ));
     }
     std::fs::write(out.join("labels.csv"), csv)?;
     Ok(plans)
@@ -58,7 +88,11 @@ pub fn write_synthetic(out: &Path, n: usize, seed: u64, cancer_fraction: f64) ->
 /// Header of a NumPy `.npy` v1.0 file (little-endian, C order).
 fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     let total = 10 + dict.len() + 1;
     dict.push_str(&" ".repeat((64 - total % 64) % 64));
@@ -71,7 +105,12 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
 
 /// Writes `x.npy` ([views,1,H,W] float32), `y.npy` ([views] float32, lesion visible in
 /// the view) and `study.npy` ([views] int64) for `n` synthetic studies.
-pub fn write_training_set(out: &Path, n: usize, seed: u64, spec: &PreprocessSpec) -> anyhow::Result<()> {
+pub fn write_training_set(
+    out: &Path,
+    n: usize,
+    seed: u64,
+    spec: &PreprocessSpec,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(out)?;
     let plans = plan_studies(n, seed, 0.5, SYNTH_ROWS, SYNTH_COLUMNS, &["SYNTHETIC"]);
     let views = n * 4;
@@ -81,12 +120,18 @@ pub fn write_training_set(out: &Path, n: usize, seed: u64, spec: &PreprocessSpec
     let mut study = Vec::with_capacity(views);
     // Bounded memory: render a few studies at a time on all cores, then stream out.
     for (ci, chunk) in plans.chunks(threads() * 2).enumerate() {
-        let tensors = parallel_map(chunk, threads(), |p| -> anyhow::Result<Vec<(u8, Vec<f32>)>> {
-            study_objects(p)
-                .into_iter()
-                .map(|(lat, _, obj)| Ok((p.view_label(lat), preprocess(decode_display(&obj)?, spec))))
-                .collect()
-        });
+        let tensors = parallel_map(
+            chunk,
+            threads(),
+            |p| -> anyhow::Result<Vec<(u8, Vec<f32>)>> {
+                study_objects(p)
+                    .into_iter()
+                    .map(|(lat, _, obj)| {
+                        Ok((p.view_label(lat), preprocess(decode_display(&obj)?, spec)))
+                    })
+                    .collect()
+            },
+        );
         for (si, t) in tensors.into_iter().enumerate() {
             for (label, tensor) in t? {
                 for v in tensor {

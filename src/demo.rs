@@ -47,11 +47,22 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let input = data.join("demo-input");
 
     // 1. A screening day: synthetic studies per imaging center, about a third with a lesion.
-    let centers: Vec<String> = config.imaging_centers.iter().map(|c| c.id.clone()).collect();
+    let centers: Vec<String> = config
+        .imaging_centers
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
     let mut plans: Vec<(String, StudyPlan)> = Vec::new();
     for (i, c) in centers.iter().enumerate() {
         let name = config.imaging_centers[i].name.clone();
-        for p in plan_studies(opts.studies_per_center, opts.seed + i as u64, 0.35, SYNTH_ROWS, SYNTH_COLUMNS, &[&name]) {
+        for p in plan_studies(
+            opts.studies_per_center,
+            opts.seed + i as u64,
+            0.35,
+            SYNTH_ROWS,
+            SYNTH_COLUMNS,
+            &[&name],
+        ) {
             plans.push((c.clone(), p));
         }
     }
@@ -69,10 +80,16 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
             .chunks(chunk)
             .map(|c| {
                 let input = &input;
-                s.spawn(move || c.iter().map(|(center, p)| write_study(p, &input.join(center))).collect::<Vec<_>>())
+                s.spawn(move || {
+                    c.iter()
+                        .map(|(center, p)| write_study(p, &input.join(center)))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
-        hs.into_iter().flat_map(|h| h.join().expect("generator thread panicked")).collect()
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("generator thread panicked"))
+            .collect()
     });
     for w in written {
         w?;
@@ -80,9 +97,15 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     println!("  generated in {:.1} s", started.elapsed().as_secs_f64());
 
     // 2. The server, in-process.
-    let addr = if opts.keep_serving { config.server.http_addr.clone() } else { "127.0.0.1:0".into() };
+    let addr = if opts.keep_serving {
+        config.server.http_addr.clone()
+    } else {
+        "127.0.0.1:0".into()
+    };
     config.completeness.stable_after_secs = config.completeness.stable_after_secs.max(1);
-    let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let server = crate::server::start(config.clone(), listener).await?;
     let url = server.base_url();
     println!("  server on {url} (data in {})", data.display());
@@ -91,10 +114,19 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let t_upload = Instant::now();
     for c in &centers {
         let report = crate::upload::upload(&url, Some(c), &[input.join(c)], false).await?;
-        println!("  {c}: uploaded {} files, {} stored, {} failed", report.results.len(), report.stored(), report.failed());
+        println!(
+            "  {c}: uploaded {} files, {} stored, {} failed",
+            report.results.len(),
+            report.stored(),
+            report.failed()
+        );
         if report.failed() > 0 {
             for r in report.results.iter().filter(|r| r.outcome.is_err()) {
-                println!("    {}: {}", r.path.display(), r.outcome.as_ref().err().map(String::as_str).unwrap_or(""));
+                println!(
+                    "    {}: {}",
+                    r.path.display(),
+                    r.outcome.as_ref().err().map(String::as_str).unwrap_or("")
+                );
             }
             bail!("the demo upload failed");
         }
@@ -119,23 +151,45 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    println!("  all studies triaged {:.1} s after upload started\n", t_upload.elapsed().as_secs_f64());
+    println!(
+        "  all studies triaged {:.1} s after upload started\n",
+        t_upload.elapsed().as_secs_f64()
+    );
 
     // 5. The worklists, as radiologists see them, with the synthetic ground truth.
-    let truth_of: HashMap<&str, String> = plans.iter().map(|(_, p)| (p.study_uid.as_str(), truth(p))).collect();
+    let truth_of: HashMap<&str, String> = plans
+        .iter()
+        .map(|(_, p)| (p.study_uid.as_str(), truth(p)))
+        .collect();
     for d in &config.diagnosis_centers {
         let items = server.catalog.worklist(&d.id, 1000).await?;
         println!("Worklist of {} ({} studies)", d.name, items.len());
-        println!("  {:<3} {:<9} {:<21} {:>6}  {:<18} {:<28} reason", "#", "priority", "due", "score", "truth (synthetic)", "study");
+        println!(
+            "  {:<3} {:<9} {:<21} {:>6}  {:<18} {:<28} reason",
+            "#", "priority", "due", "score", "truth (synthetic)", "study"
+        );
         for (i, it) in items.iter().enumerate() {
-            let short: String = it.study_uid.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+            let short: String = it
+                .study_uid
+                .chars()
+                .rev()
+                .take(12)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             println!(
                 "  {:<3} {:<9} {:<21} {:>6}  {:<18} ...{:<25} {}",
                 i + 1,
                 it.priority,
                 iso_time(it.due_ms),
-                it.score.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into()),
-                truth_of.get(it.study_uid.as_str()).map(String::as_str).unwrap_or("?"),
+                it.score
+                    .map(|s| format!("{s:.3}"))
+                    .unwrap_or_else(|| "-".into()),
+                truth_of
+                    .get(it.study_uid.as_str())
+                    .map(String::as_str)
+                    .unwrap_or("?"),
                 short,
                 it.reason
             );
@@ -149,7 +203,10 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let s = server.catalog.summary(year, start, end, now).await?;
     println!("Program summary {year}");
     println!("  studies by state: {:?}", s.studies_by_state);
-    println!("  open worklist items by priority: {:?}", s.open_by_priority);
+    println!(
+        "  open worklist items by priority: {:?}",
+        s.open_by_priority
+    );
     match s.target {
         Some(t) => println!(
             "  screened this year: {} of {} ({:.3}%); pro-rata plan by today: {}",
@@ -158,12 +215,21 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
             100.0 * s.studies_this_year as f64 / t as f64,
             s.expected_by_now.unwrap_or(0)
         ),
-        None => println!("  screened this year: {} (no program target for {year})", s.studies_this_year),
+        None => println!(
+            "  screened this year: {} (no program target for {year})",
+            s.studies_this_year
+        ),
     }
     for c in &s.diagnosis_centers {
-        println!("  {}: {} queued, {} claimed, {} read, {} overdue", c.center, c.queued, c.claimed, c.read, c.overdue);
+        println!(
+            "  {}: {} queued, {} claimed, {} read, {} overdue",
+            c.center, c.queued, c.claimed, c.read, c.overdue
+        );
     }
-    println!("\ndemo finished in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "\ndemo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     if opts.keep_serving {
         println!("\nserving on {url} until Ctrl-C; try:\n  curl {url}/api/v1/summary\n  curl {url}/api/v1/centers/{}/worklist", config.default_diagnosis_center);

@@ -44,7 +44,13 @@ pub fn auc(scores: &[(f32, u8)]) -> f64 {
     let mut wins = 0.0f64;
     for p in &pos {
         for n in &neg {
-            wins += if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 };
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
         }
     }
     wins / (pos.len() * neg.len()) as f64
@@ -52,14 +58,23 @@ pub fn auc(scores: &[(f32, u8)]) -> f64 {
 
 /// Reads `labels.csv`: a header naming `study_uid` and `label`; other columns ignored.
 pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, u8>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').map(str::trim).collect();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .collect();
     let (Some(si), Some(li)) = (
         header.iter().position(|h| *h == "study_uid"),
         header.iter().position(|h| *h == "label"),
     ) else {
-        bail!("{}: the header must name the columns study_uid and label", path.display());
+        bail!(
+            "{}: the header must name the columns study_uid and label",
+            path.display()
+        );
     };
     let mut labels = HashMap::new();
     for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -70,7 +85,11 @@ pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, u8>> {
         let label = match *label {
             "0" => 0,
             "1" => 1,
-            other => bail!("{}:{}: label must be 0 or 1, got `{other}`", path.display(), n + 2),
+            other => bail!(
+                "{}:{}: label must be 0 or 1, got `{other}`",
+                path.display(),
+                n + 2
+            ),
         };
         labels.insert(uid.to_string(), label);
     }
@@ -78,27 +97,45 @@ pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, u8>> {
 }
 
 /// Scores every labelled study found under `dir`.
-pub fn evaluate(dir: &Path, model: &Model, triage_cfg: &TriageConfig) -> anyhow::Result<Evaluation> {
+pub fn evaluate(
+    dir: &Path,
+    model: &Model,
+    triage_cfg: &TriageConfig,
+) -> anyhow::Result<Evaluation> {
     let labels = read_labels(&dir.join("labels.csv"))?;
     let files = crate::upload::collect_files(&[dir.to_owned()])?;
-    let limits = Limits { max_rows: 16384, max_columns: 16384, ..Limits::default() };
+    let limits = Limits {
+        max_rows: 16384,
+        max_columns: 16384,
+        ..Limits::default()
+    };
     let mut by_study: BTreeMap<String, Vec<StoredInstance>> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.extension().is_some_and(|e| e == "dcm")) {
-        let obj = dicom_object::open_file(f).with_context(|| format!("{}: not readable", f.display()))?;
+    for f in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "dcm"))
+    {
+        let obj =
+            dicom_object::open_file(f).with_context(|| format!("{}: not readable", f.display()))?;
         let meta = extract(&obj, &limits).with_context(|| format!("{}", f.display()))?;
         if !labels.contains_key(&meta.study_uid) {
             continue;
         }
-        by_study.entry(meta.study_uid.clone()).or_default().push(StoredInstance {
-            sop_uid: meta.sop_instance_uid,
-            laterality: meta.laterality.as_str().into(),
-            view: meta.view.as_str().into(),
-            object_key: f.display().to_string(),
-            received_ms: 0,
-        });
+        by_study
+            .entry(meta.study_uid.clone())
+            .or_default()
+            .push(StoredInstance {
+                sop_uid: meta.sop_instance_uid,
+                laterality: meta.laterality.as_str().into(),
+                view: meta.view.as_str().into(),
+                object_key: f.display().to_string(),
+                received_ms: 0,
+            });
     }
     if by_study.is_empty() {
-        bail!("no DICOM file under {} belongs to a study in labels.csv", dir.display());
+        bail!(
+            "no DICOM file under {} belongs to a study in labels.csv",
+            dir.display()
+        );
     }
     let spec = model.card.preprocess.clone();
     let mut studies = Vec::new();
@@ -109,7 +146,8 @@ pub fn evaluate(dir: &Path, model: &Model, triage_cfg: &TriageConfig) -> anyhow:
         let mut names = Vec::new();
         for v in &picked {
             let bytes = std::fs::read(&v.object_key)?;
-            let t = prepare_view(&bytes, &spec).map_err(|e| anyhow::anyhow!("{}: {e}", v.object_key))?;
+            let t = prepare_view(&bytes, &spec)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", v.object_key))?;
             batch.extend_from_slice(&t);
             names.push((v.laterality.clone(), v.view.clone()));
         }
@@ -120,13 +158,27 @@ pub fn evaluate(dir: &Path, model: &Model, triage_cfg: &TriageConfig) -> anyhow:
         let vs: Vec<ViewScore> = names
             .into_iter()
             .zip(scores)
-            .map(|((laterality, view), score)| ViewScore { laterality, view, score })
+            .map(|((laterality, view), score)| ViewScore {
+                laterality,
+                view,
+                score,
+            })
             .collect();
         let t = classify(&vs, &missing, &model.card.operating_points, triage_cfg, 0);
-        studies.push(StudyScore { label: labels[&uid], study_uid: uid, score: t.score.unwrap_or(0.0), priority: t.priority });
+        studies.push(StudyScore {
+            label: labels[&uid],
+            study_uid: uid,
+            score: t.score.unwrap_or(0.0),
+            priority: t.priority,
+        });
     }
     let pairs: Vec<(f32, u8)> = studies.iter().map(|s| (s.score, s.label)).collect();
-    Ok(Evaluation { auc: auc(&pairs), ms_per_view: infer_time * 1000.0 / views.max(1) as f64, views, studies })
+    Ok(Evaluation {
+        auc: auc(&pairs),
+        ms_per_view: infer_time * 1000.0 / views.max(1) as f64,
+        views,
+        studies,
+    })
 }
 
 /// The report printed by `tamiz evaluate`.
@@ -142,8 +194,14 @@ pub fn report(e: &Evaluation, model: &Model) -> String {
         e.ms_per_view,
         e.auc
     );
-    out.push_str(&format!("operating points: urgent >= {}, low < {}\n", ops.urgent, ops.low));
-    out.push_str(&format!("{:<10} {:>8} {:>9} {:>8} {:>12}\n", "class", "studies", "share", "cancers", "sensitivity"));
+    out.push_str(&format!(
+        "operating points: urgent >= {}, low < {}\n",
+        ops.urgent, ops.low
+    ));
+    out.push_str(&format!(
+        "{:<10} {:>8} {:>9} {:>8} {:>12}\n",
+        "class", "studies", "share", "cancers", "sensitivity"
+    ));
     for p in [Priority::Urgent, Priority::Routine, Priority::Low] {
         let in_class: Vec<&StudyScore> = e.studies.iter().filter(|s| s.priority == p).collect();
         let c = in_class.iter().filter(|s| s.label == 1).count();
@@ -156,7 +214,11 @@ pub fn report(e: &Evaluation, model: &Model) -> String {
             100.0 * c as f64 / cancers.max(1) as f64
         ));
     }
-    let at_least_routine = e.studies.iter().filter(|s| s.label == 1 && s.priority != Priority::Low).count();
+    let at_least_routine = e
+        .studies
+        .iter()
+        .filter(|s| s.label == 1 && s.priority != Priority::Low)
+        .count();
     out.push_str(&format!(
         "sensitivity at the low operating point (cancers not classed low): {:.1}%\n",
         100.0 * at_least_routine as f64 / cancers.max(1) as f64
@@ -185,6 +247,9 @@ mod tests {
         let l = read_labels(&p).unwrap();
         assert_eq!((l["1.2.3"], l["1.2.4"]), (1, 0));
         std::fs::write(&p, "uid,label\n1,1\n").unwrap();
-        assert!(read_labels(&p).unwrap_err().to_string().contains("study_uid"));
+        assert!(read_labels(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("study_uid"));
     }
 }

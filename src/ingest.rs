@@ -23,8 +23,13 @@ use crate::storage::{instance_key, ObjectStore, PutOutcome, StoreError};
 pub enum IngestError {
     #[error(transparent)]
     Invalid(#[from] InvalidInstance),
-    #[error("instance {sop_uid} is already stored with different content; the stored instance was kept")]
-    Conflict { sop_uid: String, sop_class_uid: String },
+    #[error(
+        "instance {sop_uid} is already stored with different content; the stored instance was kept"
+    )]
+    Conflict {
+        sop_uid: String,
+        sop_class_uid: String,
+    },
     #[error("storage error: {0}")]
     Store(#[from] StoreError),
     #[error("catalog error: {0}")]
@@ -96,10 +101,22 @@ impl Ingest {
                 return Err(conflict());
             }
         }
-        let center = identify_imaging_center(&self.config, declared_center, meta.institution_name.as_deref());
+        let center = identify_imaging_center(
+            &self.config,
+            declared_center,
+            meta.institution_name.as_deref(),
+        );
         let outcome = self
             .catalog
-            .insert_instance(&meta, center.as_deref(), &key, size, &sha256, &self.model_version, crate::now_ms())
+            .insert_instance(
+                &meta,
+                center.as_deref(),
+                &key,
+                size,
+                &sha256,
+                &self.model_version,
+                crate::now_ms(),
+            )
             .await?;
         match outcome {
             InsertOutcome::Inserted { study_ready } => {

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tamiz::config::Config;
 
 #[derive(Parser)]
-#[command(name = "tamiz", version, about = "Mammography screening pipeline: ingest, AI triage, prioritized worklists")]
+#[command(
+    name = "tamiz",
+    version,
+    about = "Mammography screening pipeline: ingest, AI triage, prioritized worklists"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,9 +22,9 @@ struct Cli {
 enum Command {
     /// Run the API, ingest and the triage workers (embedded SQLite + local directory).
     Serve {
-        /// Configuration file.
-        #[arg(long, default_value = "pipeline.toml")]
-        config: PathBuf,
+        /// Configuration file [default: pipeline.toml, all defaults if it is absent].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Upload DICOM files and folders to a tamiz server over STOW-RS.
     Upload {
@@ -84,7 +88,10 @@ enum Command {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAMIZ_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tamiz=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,10 +100,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             init_tracing();
-            let config = Config::load(&config, config != PathBuf::from("pipeline.toml"))?;
+            let must_exist = config.is_some();
+            let path = config.unwrap_or_else(|| PathBuf::from("pipeline.toml"));
+            let config = Config::load(&path, must_exist)?;
             rt.block_on(async {
                 let addr = config.server.http_addr.clone();
-                let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
                 let server = tamiz::server::start(config, listener).await?;
                 println!("tamiz serving on {}", server.base_url());
                 tokio::signal::ctrl_c().await?;
@@ -105,13 +116,20 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Upload { url, center, paths } => {
-            let report = rt.block_on(tamiz::upload::upload(&url, center.as_deref(), &paths, true))?;
+            let report =
+                rt.block_on(tamiz::upload::upload(&url, center.as_deref(), &paths, true))?;
             if report.failed() > 0 {
                 std::process::exit(1);
             }
             Ok(())
         }
-        Command::Demo { config, studies_per_center, seed, data_dir, keep_serving } => {
+        Command::Demo {
+            config,
+            studies_per_center,
+            seed,
+            data_dir,
+            keep_serving,
+        } => {
             if std::env::var_os("TAMIZ_LOG").is_some() {
                 init_tracing();
             }
@@ -119,7 +137,14 @@ fn main() -> anyhow::Result<()> {
             if std::env::var_os("TAMIZ_DATA_DIR").is_none() {
                 config.server.data_dir = data_dir;
             }
-            rt.block_on(tamiz::demo::run(config, tamiz::demo::DemoOptions { studies_per_center, seed, keep_serving }))
+            rt.block_on(tamiz::demo::run(
+                config,
+                tamiz::demo::DemoOptions {
+                    studies_per_center,
+                    seed,
+                    keep_serving,
+                },
+            ))
         }
         Command::Evaluate { dir, card } => {
             let model = tamiz::model::Model::load(&card, 0)?;
@@ -127,12 +152,27 @@ fn main() -> anyhow::Result<()> {
             print!("{}", tamiz::evaluate::report(&e, &model));
             Ok(())
         }
-        Command::Synth { out, studies, seed, cancer_fraction } => {
+        Command::Synth {
+            out,
+            studies,
+            seed,
+            cancer_fraction,
+        } => {
             let plans = tamiz::dataset::write_synthetic(&out, studies, seed, cancer_fraction)?;
-            println!("wrote {} studies ({} with a lesion) to {}", plans.len(), plans.iter().filter(|p| p.label() == 1).count(), out.display());
+            println!(
+                "wrote {} studies ({} with a lesion) to {}",
+                plans.len(),
+                plans.iter().filter(|p| p.label() == 1).count(),
+                out.display()
+            );
             Ok(())
         }
-        Command::Dataset { out, studies, seed, card } => {
+        Command::Dataset {
+            out,
+            studies,
+            seed,
+            card,
+        } => {
             let (card, _) = tamiz::model::ModelCard::load(&card)?;
             tamiz::dataset::write_training_set(&out, studies, seed, &card.preprocess)?;
             println!("wrote {} views to {}", studies * 4, out.display());

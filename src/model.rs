@@ -86,14 +86,19 @@ pub struct OperatingPoints {
 
 impl ModelCard {
     pub fn load(path: &Path) -> Result<(ModelCard, PathBuf), ModelError> {
-        let err = |reason: String| ModelError::Card { path: path.to_owned(), reason };
+        let err = |reason: String| ModelError::Card {
+            path: path.to_owned(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let card: ModelCard = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         if !(0.0..=1.0).contains(&card.operating_points.low)
             || !(0.0..=1.0).contains(&card.operating_points.urgent)
             || card.operating_points.low > card.operating_points.urgent
         {
-            return Err(err("operating points must satisfy 0 <= low <= urgent <= 1".into()));
+            return Err(err(
+                "operating points must satisfy 0 <= low <= urgent <= 1".into()
+            ));
         }
         if card.preprocess.height == 0 || card.preprocess.width == 0 || card.preprocess.std <= 0.0 {
             return Err(err("preprocess height/width must be > 0 and std > 0".into()));
@@ -118,7 +123,11 @@ pub fn find_onnxruntime() -> Result<PathBuf, ModelError> {
         candidates.push(PathBuf::from(p));
     }
     let name = "libonnxruntime.so";
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort").join(name));
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".ort")
+            .join(name),
+    );
     candidates.push(PathBuf::from(".ort").join(name));
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
@@ -131,7 +140,11 @@ pub fn find_onnxruntime() -> Result<PathBuf, ModelError> {
         .find(|p| p.is_file())
         .cloned()
         .ok_or_else(|| ModelError::RuntimeMissing {
-            looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -170,12 +183,17 @@ impl Model {
         let env = environment()?;
         let mut builder = Session::builder(env)?;
         if intra_threads > 0 {
-            builder = builder.with_intra_threads(intra_threads).map_err(ort::Error::from)?;
+            builder = builder
+                .with_intra_threads(intra_threads)
+                .map_err(ort::Error::from)?;
         }
         let mut session = builder
             .commit_from_file(&onnx)
             .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", onnx.display())))?;
-        let mismatch = |reason: String| ModelError::Mismatch { path: onnx.clone(), reason };
+        let mismatch = |reason: String| ModelError::Mismatch {
+            path: onnx.clone(),
+            reason,
+        };
         if !session.inputs().iter().any(|i| i.name() == card.io.input) {
             return Err(mismatch(format!("no input named `{}`", card.io.input)));
         }
@@ -183,7 +201,8 @@ impl Model {
             return Err(mismatch(format!("no output named `{}`", card.io.output)));
         }
         let blank = vec![0.0f32; card.preprocess.height * card.preprocess.width];
-        run(&mut session, &card, blank, 1).map_err(|e| mismatch(format!("test inference failed: {e}")))?;
+        run(&mut session, &card, blank, 1)
+            .map_err(|e| mismatch(format!("test inference failed: {e}")))?;
 
         let (tx, mut rx) = mpsc::channel::<Request>(32);
         let thread_card = card.clone();
@@ -196,25 +215,46 @@ impl Model {
                 }
             })
             .map_err(|e| ModelError::Runtime(format!("starting the model thread: {e}")))?;
-        Ok(Model { card: std::sync::Arc::new(card), tx })
+        Ok(Model {
+            card: std::sync::Arc::new(card),
+            tx,
+        })
     }
 
     /// Scores `views` preprocessed views (concatenated) in one batch.
     pub async fn infer(&self, input: Vec<f32>, views: usize) -> Result<Vec<f32>, ModelError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { input, views, reply }).await.map_err(|_| ModelError::Stopped)?;
+        self.tx
+            .send(Request {
+                input,
+                views,
+                reply,
+            })
+            .await
+            .map_err(|_| ModelError::Stopped)?;
         rx.await.map_err(|_| ModelError::Stopped)?
     }
 
     /// [`Model::infer`] for callers outside the async runtime (evaluation, benches).
     pub fn infer_blocking(&self, input: Vec<f32>, views: usize) -> Result<Vec<f32>, ModelError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.blocking_send(Request { input, views, reply }).map_err(|_| ModelError::Stopped)?;
+        self.tx
+            .blocking_send(Request {
+                input,
+                views,
+                reply,
+            })
+            .map_err(|_| ModelError::Stopped)?;
         rx.blocking_recv().map_err(|_| ModelError::Stopped)?
     }
 }
 
-fn run(session: &mut Session, card: &ModelCard, input: Vec<f32>, views: usize) -> Result<Vec<f32>, ModelError> {
+fn run(
+    session: &mut Session,
+    card: &ModelCard,
+    input: Vec<f32>,
+    views: usize,
+) -> Result<Vec<f32>, ModelError> {
     let (h, w) = (card.preprocess.height, card.preprocess.width);
     if input.len() != views * h * w {
         return Err(ModelError::Runtime(format!(

@@ -55,15 +55,19 @@ pub fn orient_chest_wall_left(img: &mut GrayImage) -> bool {
 
 /// Bounding box `(x0, y0, x1, y1)` (exclusive ends) of the breast; the whole image when
 /// nothing passes the threshold.
-pub fn breast_bbox(img: &GrayImage, threshold: f32, min_fraction: f32) -> (usize, usize, usize, usize) {
+pub fn breast_bbox(
+    img: &GrayImage,
+    threshold: f32,
+    min_fraction: f32,
+) -> (usize, usize, usize, usize) {
     let (w, h) = (img.width, img.height);
     let mut cols = vec![0u32; w];
     let mut rows = vec![0u32; h];
-    for y in 0..h {
-        for (x, &v) in img.data[y * w..(y + 1) * w].iter().enumerate() {
+    for (row_count, row) in rows.iter_mut().zip(img.data.chunks_exact(w.max(1))) {
+        for (x, &v) in row.iter().enumerate() {
             if v > threshold {
                 cols[x] += 1;
-                rows[y] += 1;
+                *row_count += 1;
             }
         }
     }
@@ -102,11 +106,19 @@ pub fn preprocess(mut img: GrayImage, spec: &PreprocessSpec) -> Vec<f32> {
         let src = &img.data[(y0 + y) * img.width + x0..(y0 + y) * img.width + x1];
         padded[(pad_top + y) * pw..(pad_top + y) * pw + cw].copy_from_slice(src);
     }
-    let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
-        ImageBuffer::from_raw(pw as u32, ph as u32, padded).expect("buffer sized from its dimensions");
-    let out = resize(&buf, spec.width as u32, spec.height as u32, FilterType::Triangle);
+    let buf: ImageBuffer<Luma<f32>, Vec<f32>> = ImageBuffer::from_raw(pw as u32, ph as u32, padded)
+        .expect("buffer sized from its dimensions");
+    let out = resize(
+        &buf,
+        spec.width as u32,
+        spec.height as u32,
+        FilterType::Triangle,
+    );
     let inv_std = 1.0 / spec.std;
-    out.into_raw().into_iter().map(|v| (v - spec.mean) * inv_std).collect()
+    out.into_raw()
+        .into_iter()
+        .map(|v| (v - spec.mean) * inv_std)
+        .collect()
 }
 
 #[cfg(test)]
@@ -127,7 +139,19 @@ mod tests {
     fn flips_when_chest_wall_is_right() {
         let mut a = img(4, 2, |x, _| x as f32 / 3.0); // bright on the right
         assert!(orient_chest_wall_left(&mut a));
-        assert_eq!(a.data, vec![1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0, 1.0, 2.0 / 3.0, 1.0 / 3.0, 0.0]);
+        assert_eq!(
+            a.data,
+            vec![
+                1.0,
+                2.0 / 3.0,
+                1.0 / 3.0,
+                0.0,
+                1.0,
+                2.0 / 3.0,
+                1.0 / 3.0,
+                0.0
+            ]
+        );
         // already facing left: untouched
         let mut b = a.clone();
         assert!(!orient_chest_wall_left(&mut b));
@@ -137,7 +161,13 @@ mod tests {
     #[test]
     fn bbox_ignores_isolated_noise() {
         // 10x10, breast block at x 0..4, y 2..8; one bright noise pixel at (9, 9).
-        let i = img(10, 10, |x, y| if (x < 4 && (2..8).contains(&y)) || (x == 9 && y == 9) { 0.8 } else { 0.0 });
+        let i = img(10, 10, |x, y| {
+            if (x < 4 && (2..8).contains(&y)) || (x == 9 && y == 9) {
+                0.8
+            } else {
+                0.0
+            }
+        });
         assert_eq!(breast_bbox(&i, 0.1, 0.15), (0, 2, 4, 8));
         // with no threshold crossing the whole image is kept
         let dark = img(5, 3, |_, _| 0.0);
@@ -150,7 +180,14 @@ mod tests {
         // breast is x 0..4 (4 wide, 8 tall). Target 4x2 (h x w) has the same aspect, so
         // the 4x8 crop is halved: every output pixel is bright.
         let i = img(8, 8, |x, _| if x >= 4 { 1.0 } else { 0.0 });
-        let spec = PreprocessSpec { height: 4, width: 2, crop_threshold: 0.5, crop_min_fraction: 0.1, mean: 0.5, std: 0.25 };
+        let spec = PreprocessSpec {
+            height: 4,
+            width: 2,
+            crop_threshold: 0.5,
+            crop_min_fraction: 0.1,
+            mean: 0.5,
+            std: 0.25,
+        };
         let t = preprocess(i, &spec);
         assert_eq!(t.len(), 8);
         for v in t {
@@ -163,7 +200,14 @@ mod tests {
         // breast 4 wide x 2 tall in the top rows; target 4x4: padded to 4x4 with the
         // crop centred vertically, so the top and bottom output rows are background.
         let i = img(4, 6, |_, y| if y < 2 { 1.0 } else { 0.0 });
-        let spec = PreprocessSpec { height: 4, width: 4, crop_threshold: 0.5, crop_min_fraction: 0.1, mean: 0.0, std: 1.0 };
+        let spec = PreprocessSpec {
+            height: 4,
+            width: 4,
+            crop_threshold: 0.5,
+            crop_min_fraction: 0.1,
+            mean: 0.0,
+            std: 1.0,
+        };
         let t = preprocess(i, &spec);
         assert!(t[..4].iter().all(|&v| v < 0.01), "{t:?}");
         assert!(t[12..].iter().all(|&v| v < 0.01), "{t:?}");

@@ -82,8 +82,17 @@ mod tests {
     #[test]
     fn center_from_header_or_institution() {
         let c = config();
-        assert_eq!(identify_imaging_center(&c, Some("clinic-a"), None).as_deref(), Some("clinic-a"));
-        assert_eq!(identify_imaging_center(&c, None, Some("CLINICA A")).as_deref(), Some("clinic-a"));
-        assert_eq!(identify_imaging_center(&c, Some("nope"), Some("other")), None);
+        assert_eq!(
+            identify_imaging_center(&c, Some("clinic-a"), None).as_deref(),
+            Some("clinic-a")
+        );
+        assert_eq!(
+            identify_imaging_center(&c, None, Some("CLINICA A")).as_deref(),
+            Some("clinic-a")
+        );
+        assert_eq!(
+            identify_imaging_center(&c, Some("nope"), Some("other")),
+            None
+        );
     }
 }

@@ -49,14 +49,19 @@ impl RunningServer {
 pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<RunningServer> {
     let config = Arc::new(config);
     let data = &config.server.data_dir;
-    std::fs::create_dir_all(data).with_context(|| format!("creating data directory {}", data.display()))?;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating data directory {}", data.display()))?;
     let catalog = Catalog::open_sqlite(&data.join("catalog.sqlite"))
         .await
         .with_context(|| format!("opening the catalog in {}", data.display()))?;
-    catalog.sync_config(&config).await.context("loading centers and targets")?;
+    catalog
+        .sync_config(&config)
+        .await
+        .context("loading centers and targets")?;
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(data.join("objects"))?);
     let upload_dir = data.join("uploads");
-    std::fs::create_dir_all(&upload_dir).with_context(|| format!("creating {}", upload_dir.display()))?;
+    std::fs::create_dir_all(&upload_dir)
+        .with_context(|| format!("creating {}", upload_dir.display()))?;
 
     let (card, _) = ModelCard::load(&config.model.card)?;
     let model_version = card.version_key();
@@ -67,10 +72,19 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         let (path, threads) = (config.model.card.clone(), config.model.intra_threads);
         let model = tokio::task::spawn_blocking(move || Model::load(&path, threads)).await??;
         tracing::info!(model = %model.card.version_key(), notice = %model.card.notice, "model loaded");
-        let ctx = WorkerContext { catalog: catalog.clone(), store: store.clone(), model, config: config.clone() };
+        let ctx = WorkerContext {
+            catalog: catalog.clone(),
+            store: store.clone(),
+            model,
+            config: config.clone(),
+        };
         for i in 0..config.worker.concurrency {
             let name = format!("worker-{}-{i}", std::process::id());
-            tasks.push(tokio::spawn(worker::run(ctx.clone(), name, shutdown_rx.clone())));
+            tasks.push(tokio::spawn(worker::run(
+                ctx.clone(),
+                name,
+                shutdown_rx.clone(),
+            )));
         }
     }
 
@@ -81,8 +95,18 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         shutdown_rx.clone(),
     )));
 
-    let ingest = Ingest { catalog: catalog.clone(), store, config: config.clone(), model_version, upload_dir };
-    let app = router(AppState { ingest, catalog: catalog.clone(), config: config.clone() });
+    let ingest = Ingest {
+        catalog: catalog.clone(),
+        store,
+        config: config.clone(),
+        model_version,
+        upload_dir,
+    };
+    let app = router(AppState {
+        ingest,
+        catalog: catalog.clone(),
+        config: config.clone(),
+    });
     let addr = listener.local_addr()?;
     let mut http_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -94,18 +118,33 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         }
     }));
     tracing::info!(%addr, data_dir = %data.display(), "tamiz serving");
-    Ok(RunningServer { addr, catalog, shutdown: shutdown_tx, tasks })
+    Ok(RunningServer {
+        addr,
+        catalog,
+        shutdown: shutdown_tx,
+        tasks,
+    })
 }
 
 /// Makes ready the studies that stopped receiving instances without completing their
 /// four views.
-async fn sweep_stable_studies(catalog: Catalog, config: Arc<Config>, model_version: String, mut shutdown: watch::Receiver<bool>) {
+async fn sweep_stable_studies(
+    catalog: Catalog,
+    config: Arc<Config>,
+    model_version: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let c = &config.completeness;
     let every = Duration::from_secs(c.sweep_interval_secs.max(1));
     loop {
         let now = crate::now_ms();
         match catalog
-            .mark_stable_studies_ready(now - c.stable_after_secs as i64 * 1000, c.stable_after_secs, &model_version, now)
+            .mark_stable_studies_ready(
+                now - c.stable_after_secs as i64 * 1000,
+                c.stable_after_secs,
+                &model_version,
+                now,
+            )
             .await
         {
             Ok(0) => {}

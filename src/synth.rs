@@ -99,14 +99,20 @@ pub fn plan_studies(
     (0..n)
         .map(|i| {
             let lesion = rng.random_bool(cancer_fraction).then(|| {
-                let lat = if rng.random_bool(0.5) { Laterality::L } else { Laterality::R };
+                let lat = if rng.random_bool(0.5) {
+                    Laterality::L
+                } else {
+                    Laterality::R
+                };
                 let finding = match rng.random_range(0..4) {
                     0 | 1 => Finding::Mass { spiculated: false },
                     2 => Finding::Mass { spiculated: true },
                     _ => Finding::Calcifications,
                 };
                 let (size_mm, contrast) = match finding {
-                    Finding::Calcifications => (rng.random_range(4.0..10.0), rng.random_range(0.25..0.5)),
+                    Finding::Calcifications => {
+                        (rng.random_range(4.0..10.0), rng.random_range(0.25..0.5))
+                    }
                     _ => (rng.random_range(5.0..14.0), rng.random_range(0.07..0.2)),
                 };
                 let lesion = Lesion {
@@ -123,7 +129,10 @@ pub fn plan_studies(
                 rows,
                 columns,
                 spacing_mm,
-                patient_id: format!("SYN{:06}", seed.wrapping_mul(1000).wrapping_add(i as u64) % 1_000_000),
+                patient_id: format!(
+                    "SYN{:06}",
+                    seed.wrapping_mul(1000).wrapping_add(i as u64) % 1_000_000
+                ),
                 institution: institutions[i % institutions.len().max(1)].to_owned(),
                 study_uid: random_uid(&mut rng),
                 density: rng.random_range(0.1..0.9),
@@ -139,8 +148,16 @@ fn power_law_noise(n: usize, beta: f32, rng: &mut SmallRng) -> Vec<f32> {
     let mut buf: Vec<Complex<f32>> = Vec::with_capacity(n * n);
     for y in 0..n {
         for x in 0..n {
-            let fx = if x <= n / 2 { x as f32 } else { x as f32 - n as f32 };
-            let fy = if y <= n / 2 { y as f32 } else { y as f32 - n as f32 };
+            let fx = if x <= n / 2 {
+                x as f32
+            } else {
+                x as f32 - n as f32
+            };
+            let fy = if y <= n / 2 {
+                y as f32
+            } else {
+                y as f32 - n as f32
+            };
             let f = (fx * fx + fy * fy).sqrt();
             let amp = if f == 0.0 { 0.0 } else { f.powf(-beta / 2.0) };
             let phase = rng.random_range(0.0..std::f32::consts::TAU);
@@ -205,20 +222,35 @@ impl Geometry {
             // right breasts on the right (the usual back-to-back hanging).
             chest_left: lat == Laterality::L,
             depth_px: w * rng.random_range(0.55..0.8),
-            half_height_px: h * if mlo { rng.random_range(0.42..0.48) } else { rng.random_range(0.33..0.42) },
+            half_height_px: h * if mlo {
+                rng.random_range(0.42..0.48)
+            } else {
+                rng.random_range(0.33..0.42)
+            },
             center_y: h * if mlo { 0.45 } else { 0.5 },
             columns: plan.columns,
         }
     }
     /// Pixel → breast coordinates (u from the chest wall, v across).
     fn uv(&self, x: usize, y: usize) -> (f32, f32) {
-        let dx = if self.chest_left { x as f32 } else { (self.columns - 1 - x) as f32 };
-        (dx / self.depth_px, (y as f32 - self.center_y) / self.half_height_px)
+        let dx = if self.chest_left {
+            x as f32
+        } else {
+            (self.columns - 1 - x) as f32
+        };
+        (
+            dx / self.depth_px,
+            (y as f32 - self.center_y) / self.half_height_px,
+        )
     }
     /// Breast coordinates → pixel.
     fn xy(&self, u: f32, v: f32) -> (f32, f32) {
         let dx = u * self.depth_px;
-        let x = if self.chest_left { dx } else { (self.columns - 1) as f32 - dx };
+        let x = if self.chest_left {
+            dx
+        } else {
+            (self.columns - 1) as f32 - dx
+        };
         (x, self.center_y + v * self.half_height_px)
     }
 }
@@ -232,7 +264,8 @@ pub fn render_view(plan: &StudyPlan, lat: Laterality, view: &View) -> Vec<u16> {
         (Laterality::R, View::Cc) => 2,
         (Laterality::R, _) => 3,
     };
-    let mut rng = SmallRng::seed_from_u64(plan.seed ^ (view_index.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let mut rng =
+        SmallRng::seed_from_u64(plan.seed ^ (view_index.wrapping_mul(0x9E37_79B9_7F4A_7C15)));
     let (w, h) = (plan.columns, plan.rows);
     let geo = Geometry::new(plan, lat, view, &mut rng);
     let n = 256;
@@ -254,8 +287,12 @@ pub fn render_view(plan: &StudyPlan, lat: Laterality, view: &View) -> Vec<u16> {
             }
             let thickness = (1.0 - r2).sqrt();
             let mut d = 0.22 + 0.18 * thickness.sqrt();
-            let t = bilinear(&texture, n, x as f32 / (cell_px * 4.0), y as f32 / (cell_px * 4.0))
-                + 0.35 * bilinear(&fine, n, x as f32 / cell_px, y as f32 / cell_px);
+            let t = bilinear(
+                &texture,
+                n,
+                x as f32 / (cell_px * 4.0),
+                y as f32 / (cell_px * 4.0),
+            ) + 0.35 * bilinear(&fine, n, x as f32 / cell_px, y as f32 / cell_px);
             let gland = 1.0 / (1.0 + (-(t - threshold) * 3.0).exp());
             let envelope = (1.0 - u).max(0.0).sqrt() * thickness;
             d += 0.32 * gland * envelope;
@@ -271,7 +308,16 @@ pub fn render_view(plan: &StudyPlan, lat: Laterality, view: &View) -> Vec<u16> {
     }
     if let Some((l, lesion)) = plan.lesion {
         if l == lat {
-            draw_lesion(&mut img, w, h, &geo, &lesion, plan.spacing_mm, mlo, &mut rng);
+            draw_lesion(
+                &mut img,
+                w,
+                h,
+                &geo,
+                &lesion,
+                plan.spacing_mm,
+                mlo,
+                &mut rng,
+            );
         }
     }
     let max = (1u32 << STORED_BITS) as f32 - 1.0;
@@ -309,7 +355,9 @@ fn draw_lesion(
         Finding::Mass { spiculated } => {
             let reach = if spiculated { 3.0 * r } else { 1.6 * r };
             let spicules: Vec<f32> = if spiculated {
-                (0..rng.random_range(8..16)).map(|_| rng.random_range(0.0..std::f32::consts::TAU)).collect()
+                (0..rng.random_range(8..16))
+                    .map(|_| rng.random_range(0.0..std::f32::consts::TAU))
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -325,7 +373,10 @@ fn draw_lesion(
                         let along = dx * theta.cos() + dy * theta.sin();
                         let across = -dx * theta.sin() + dy * theta.cos();
                         if along > 0.0 && along < 3.0 * r {
-                            a += 0.6 * lesion.contrast * (-(across / spicule_w).powi(2)).exp() * (1.0 - along / (3.0 * r));
+                            a += 0.6
+                                * lesion.contrast
+                                * (-(across / spicule_w).powi(2)).exp()
+                                * (1.0 - along / (3.0 * r));
                         }
                     }
                     add(x, y, a);
@@ -352,7 +403,11 @@ fn draw_lesion(
     }
 }
 
-fn el(tag: dicom_core::Tag, vr: VR, value: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
+fn el(
+    tag: dicom_core::Tag,
+    vr: VR,
+    value: impl Into<PrimitiveValue>,
+) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, value.into())
 }
 
@@ -365,7 +420,11 @@ pub fn view_object(
     sop_uid: &str,
     pixels: Vec<u16>,
 ) -> DefaultDicomObject {
-    let photometric = if plan.monochrome1 { "MONOCHROME1" } else { "MONOCHROME2" };
+    let photometric = if plan.monochrome1 {
+        "MONOCHROME1"
+    } else {
+        "MONOCHROME2"
+    };
     let spacing = format!("{:.4}\\{:.4}", plan.spacing_mm, plan.spacing_mm);
     let center = OFFSET + 0.5 * SCALE;
     let obj = InMemDicomObject::from_element_iter([
@@ -384,12 +443,24 @@ pub fn view_object(
         el(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
         el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric),
         el(tags::ROWS, VR::US, PrimitiveValue::from(plan.rows as u16)),
-        el(tags::COLUMNS, VR::US, PrimitiveValue::from(plan.columns as u16)),
+        el(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(plan.columns as u16),
+        ),
         el(tags::PIXEL_SPACING, VR::DS, spacing.as_str()),
         el(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
         el(tags::BITS_STORED, VR::US, PrimitiveValue::from(STORED_BITS)),
-        el(tags::HIGH_BIT, VR::US, PrimitiveValue::from(STORED_BITS - 1)),
-        el(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)),
+        el(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(STORED_BITS - 1),
+        ),
+        el(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
         el(tags::WINDOW_CENTER, VR::DS, format!("{center:.0}").as_str()),
         el(tags::WINDOW_WIDTH, VR::DS, format!("{SCALE:.0}").as_str()),
         el(tags::VOILUT_FUNCTION, VR::CS, "LINEAR"),
@@ -417,7 +488,11 @@ pub fn study_objects(plan: &StudyPlan) -> Vec<(Laterality, View, DefaultDicomObj
         .map(|(lat, view)| {
             let sop = random_uid(&mut rng);
             let pixels = render_view(plan, *lat, view);
-            (*lat, view.clone(), view_object(plan, *lat, view, &series_uid, &sop, pixels))
+            (
+                *lat,
+                view.clone(),
+                view_object(plan, *lat, view, &series_uid, &sop, pixels),
+            )
         })
         .collect()
 }
@@ -447,7 +522,10 @@ mod tests {
         let n = power_law_noise(64, 3.0, &mut rng);
         let mean = n.iter().sum::<f32>() / n.len() as f32;
         let var = n.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n.len() as f32;
-        assert!(mean.abs() < 1e-3 && (var - 1.0).abs() < 1e-3, "mean {mean} var {var}");
+        assert!(
+            mean.abs() < 1e-3 && (var - 1.0).abs() < 1e-3,
+            "mean {mean} var {var}"
+        );
     }
 
     #[test]
@@ -461,10 +539,18 @@ mod tests {
         let with = render_view(plan, lat, &View::Cc);
         let saved = plan.lesion.take();
         let without = render_view(plan, lat, &View::Cc);
-        let diff: i64 = with.iter().zip(&without).map(|(a, b)| *a as i64 - *b as i64).sum();
+        let diff: i64 = with
+            .iter()
+            .zip(&without)
+            .map(|(a, b)| *a as i64 - *b as i64)
+            .sum();
         assert!(diff > 0, "the mass adds intensity");
         plan.lesion = saved;
-        let other = if lat == Laterality::L { Laterality::R } else { Laterality::L };
+        let other = if lat == Laterality::L {
+            Laterality::R
+        } else {
+            Laterality::L
+        };
         assert_eq!(plan.view_label(other), 0);
         assert_eq!(plan.view_label(lat), 1);
     }
@@ -473,7 +559,8 @@ mod tests {
     fn chest_wall_side_follows_laterality() {
         let plan = &plan_studies(1, 3, 0.0, 128, 104, &["X"])[0];
         let l = render_view(plan, Laterality::L, &View::Cc);
-        let mean_col = |img: &[u16], x: usize| (0..128).map(|y| img[y * 104 + x] as f64).sum::<f64>();
+        let mean_col =
+            |img: &[u16], x: usize| (0..128).map(|y| img[y * 104 + x] as f64).sum::<f64>();
         assert!(mean_col(&l, 1) > mean_col(&l, 102));
         let r = render_view(plan, Laterality::R, &View::Cc);
         assert!(mean_col(&r, 102) > mean_col(&r, 1));

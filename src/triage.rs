@@ -116,7 +116,10 @@ pub fn classify(
         ops.low
     );
     if !missing.is_empty() {
-        reason.push_str(&format!("; incomplete study, missing {}", missing.join(", ")));
+        reason.push_str(&format!(
+            "; incomplete study, missing {}",
+            missing.join(", ")
+        ));
         if priority == Priority::Low {
             priority = Priority::Routine;
             reason.push_str("; raised to routine");
@@ -149,25 +152,47 @@ mod tests {
     use super::*;
 
     fn vs(l: &str, v: &str, s: f32) -> ViewScore {
-        ViewScore { laterality: l.into(), view: v.into(), score: s }
+        ViewScore {
+            laterality: l.into(),
+            view: v.into(),
+            score: s,
+        }
     }
-    const OPS: OperatingPoints = OperatingPoints { urgent: 0.6, low: 0.1 };
+    const OPS: OperatingPoints = OperatingPoints {
+        urgent: 0.6,
+        low: 0.1,
+    };
 
     #[test]
     fn study_score_is_max_of_breasts() {
         let cfg = TriageConfig::default();
-        let s = [vs("L", "CC", 0.2), vs("L", "MLO", 0.7), vs("R", "CC", 0.05), vs("R", "MLO", 0.01)];
+        let s = [
+            vs("L", "CC", 0.2),
+            vs("L", "MLO", 0.7),
+            vs("R", "CC", 0.05),
+            vs("R", "MLO", 0.01),
+        ];
         let t = classify(&s, &[], &OPS, &cfg, 0);
         assert_eq!(t.priority, Priority::Urgent);
-        assert_eq!((t.left, t.right, t.score), (Some(0.7), Some(0.05), Some(0.7)));
+        assert_eq!(
+            (t.left, t.right, t.score),
+            (Some(0.7), Some(0.05), Some(0.7))
+        );
         assert_eq!(t.due_ms, 2 * DAY_MS);
     }
 
     #[test]
     fn classes_and_due_times() {
-        let cfg = TriageConfig { urgent_days: 2, routine_days: 7, low_days: 10 };
+        let cfg = TriageConfig {
+            urgent_days: 2,
+            routine_days: 7,
+            low_days: 10,
+        };
         let low = classify(&[vs("R", "CC", 0.05)], &[], &OPS, &cfg, 1000);
-        assert_eq!((low.priority, low.due_ms), (Priority::Low, 1000 + 10 * DAY_MS));
+        assert_eq!(
+            (low.priority, low.due_ms),
+            (Priority::Low, 1000 + 10 * DAY_MS)
+        );
         let routine = classify(&[vs("R", "CC", 0.3)], &[], &OPS, &cfg, 0);
         assert_eq!(routine.priority, Priority::Routine);
     }

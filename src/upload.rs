@@ -77,7 +77,12 @@ fn sop_uid(path: &Path) -> Result<String, String> {
 
 /// Uploads every file under `paths` to the STOW-RS endpoint of `base_url`.
 /// `center` is sent as the `X-Tamiz-Center` header. `print` writes a line per file.
-pub async fn upload(base_url: &str, center: Option<&str>, paths: &[PathBuf], print: bool) -> anyhow::Result<UploadReport> {
+pub async fn upload(
+    base_url: &str,
+    center: Option<&str>,
+    paths: &[PathBuf],
+    print: bool,
+) -> anyhow::Result<UploadReport> {
     let files = collect_files(paths)?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
@@ -118,11 +123,22 @@ pub async fn upload(base_url: &str, center: Option<&str>, paths: &[PathBuf], pri
                 batch_bytes += size;
                 batch.push((path.clone(), uid, size));
             }
-            Err(e) => emit(FileResult { path: path.clone(), outcome: Err(e) }, &mut report),
+            Err(e) => emit(
+                FileResult {
+                    path: path.clone(),
+                    outcome: Err(e),
+                },
+                &mut report,
+            ),
         }
     }
     if print {
-        println!("{} file(s): {} stored, {} failed", report.results.len(), report.stored(), report.failed());
+        println!(
+            "{} file(s): {} stored, {} failed",
+            report.results.len(),
+            report.stored(),
+            report.failed()
+        );
     }
     Ok(report)
 }
@@ -141,27 +157,36 @@ async fn send_batch(
     for (path, _, _) in batch {
         match std::fs::read(path) {
             Ok(bytes) => {
-                body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+                body.extend_from_slice(
+                    format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+                );
                 body.extend_from_slice(&bytes);
                 body.extend_from_slice(b"\r\n");
             }
             Err(e) => {
                 return batch
                     .iter()
-                    .map(|(p, _, _)| FileResult { path: p.clone(), outcome: Err(format!("reading {}: {e}", path.display())) })
+                    .map(|(p, _, _)| FileResult {
+                        path: p.clone(),
+                        outcome: Err(format!("reading {}: {e}", path.display())),
+                    })
                     .collect()
             }
         }
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    let content_type =
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
 
     let mut last_error = String::new();
     for attempt in 0..3u32 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
         }
-        let mut req = client.post(url).header("Content-Type", &content_type).body(body.clone());
+        let mut req = client
+            .post(url)
+            .header("Content-Type", &content_type)
+            .body(body.clone());
         if let Some(c) = center {
             req = req.header(crate::api::CENTER_HEADER, c);
         }
@@ -175,37 +200,64 @@ async fn send_batch(
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status.is_server_error() {
-            last_error = format!("server answered {status}: {}", text.chars().take(300).collect::<String>());
+            last_error = format!(
+                "server answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
             continue;
         }
         return map_response(status, &text, batch);
     }
     batch
         .iter()
-        .map(|(p, _, _)| FileResult { path: p.clone(), outcome: Err(last_error.clone()) })
+        .map(|(p, _, _)| FileResult {
+            path: p.clone(),
+            outcome: Err(last_error.clone()),
+        })
         .collect()
 }
 
-fn map_response(status: reqwest::StatusCode, text: &str, batch: &[(PathBuf, String, u64)]) -> Vec<FileResult> {
+fn map_response(
+    status: reqwest::StatusCode,
+    text: &str,
+    batch: &[(PathBuf, String, u64)],
+) -> Vec<FileResult> {
     let json: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     if let Some(err) = json.get("error").and_then(Value::as_str) {
         return batch
             .iter()
-            .map(|(p, _, _)| FileResult { path: p.clone(), outcome: Err(format!("request refused ({status}): {err}")) })
+            .map(|(p, _, _)| FileResult {
+                path: p.clone(),
+                outcome: Err(format!("request refused ({status}): {err}")),
+            })
             .collect();
     }
-    let sq = |tag: &str| json.get(tag).and_then(|v| v.get("Value")).and_then(Value::as_array).cloned().unwrap_or_default();
-    let first_str = |item: &Value, tag: &str| {
-        item.get(tag).and_then(|v| v.get("Value")).and_then(|v| v.get(0)).map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
+    let sq = |tag: &str| {
+        json.get(tag)
+            .and_then(|v| v.get("Value"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
     };
-    let stored: HashSet<String> = sq("00081199").iter().filter_map(|i| first_str(i, "00081155")).collect();
+    let first_str = |item: &Value, tag: &str| {
+        item.get(tag)
+            .and_then(|v| v.get("Value"))
+            .and_then(|v| v.get(0))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+    };
+    let stored: HashSet<String> = sq("00081199")
+        .iter()
+        .filter_map(|i| first_str(i, "00081155"))
+        .collect();
     let mut failed: HashMap<String, String> = HashMap::new();
     let mut anonymous: Vec<String> = Vec::new();
     for item in sq("00081198") {
-        let reason = first_str(&item, "00081197").and_then(|r| r.parse::<u16>().ok()).unwrap_or(0);
+        let reason = first_str(&item, "00081197")
+            .and_then(|r| r.parse::<u16>().ok())
+            .unwrap_or(0);
         let comment = first_str(&item, "00000902").unwrap_or_default();
         let msg = format!("{comment} (failure reason {reason:04X}H)");
         match first_str(&item, "00081155") {
@@ -225,11 +277,17 @@ fn map_response(status: reqwest::StatusCode, text: &str, batch: &[(PathBuf, Stri
             } else if anonymous.len() == 1 {
                 Err(anonymous[0].clone())
             } else if !anonymous.is_empty() {
-                Err(format!("refused; the server reported: {}", anonymous.join(" | ")))
+                Err(format!(
+                    "refused; the server reported: {}",
+                    anonymous.join(" | ")
+                ))
             } else {
                 Err(format!("not in the server's response (status {status})"))
             };
-            FileResult { path: p.clone(), outcome }
+            FileResult {
+                path: p.clone(),
+                outcome,
+            }
         })
         .collect()
 }

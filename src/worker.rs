@@ -68,7 +68,11 @@ pub async fn run(ctx: WorkerContext, name: String, mut shutdown: watch::Receiver
     let poll = Duration::from_millis(ctx.config.worker.poll_interval_ms);
     let lease_ms = ctx.config.worker.lease_secs as i64 * 1000;
     while !*shutdown.borrow() {
-        match ctx.catalog.lease_job(&name, crate::now_ms(), lease_ms).await {
+        match ctx
+            .catalog
+            .lease_job(&name, crate::now_ms(), lease_ms)
+            .await
+        {
             Ok(Some(job)) => process_job(&ctx, job).await,
             Ok(None) => {
                 tokio::select! {
@@ -86,7 +90,8 @@ pub async fn run(ctx: WorkerContext, name: String, mut shutdown: watch::Receiver
 
 /// Processes one leased job to its end (finished, retried or lease lost).
 pub async fn process_job(ctx: &WorkerContext, job: Job) {
-    let span = tracing::info_span!("job", id = job.id, study = %job.study_uid, attempt = job.attempts);
+    let span =
+        tracing::info_span!("job", id = job.id, study = %job.study_uid, attempt = job.attempts);
     let _enter = span.enter();
     let cfg = &ctx.config.worker;
     let lease_ms = cfg.lease_secs as i64 * 1000;
@@ -134,8 +139,13 @@ pub async fn process_job(ctx: &WorkerContext, job: Job) {
     let (outcome, mut item, error) = match result {
         Ok(scored) => {
             let card = &ctx.model.card;
-            let triage =
-                classify(&scored.view_scores, &scored.missing, &card.operating_points, &ctx.config.triage, received_ms);
+            let triage = classify(
+                &scored.view_scores,
+                &scored.missing,
+                &card.operating_points,
+                &ctx.config.triage,
+                received_ms,
+            );
             let item = NewItem {
                 center: routed.center.clone(),
                 triage,
@@ -145,12 +155,21 @@ pub async fn process_job(ctx: &WorkerContext, job: Job) {
             };
             (JobOutcome::Done, item, None)
         }
-        Err(StudyError::Permanent(reason)) => (JobOutcome::Done, untriaged_item(reason.clone()), Some(reason)),
+        Err(StudyError::Permanent(reason)) => (
+            JobOutcome::Done,
+            untriaged_item(reason.clone()),
+            Some(reason),
+        ),
         Err(StudyError::Transient(reason)) => {
             if job.attempts < cfg.max_attempts as i64 {
-                let backoff = cfg.backoff_base_secs as i64 * 1000 * (1i64 << (job.attempts - 1).clamp(0, 16));
+                let backoff =
+                    cfg.backoff_base_secs as i64 * 1000 * (1i64 << (job.attempts - 1).clamp(0, 16));
                 tracing::warn!(error = %reason, backoff_ms = backoff, "attempt failed; will retry");
-                if let Err(e) = ctx.catalog.retry_job(&job, &reason, crate::now_ms() + backoff).await {
+                if let Err(e) = ctx
+                    .catalog
+                    .retry_job(&job, &reason, crate::now_ms() + backoff)
+                    .await
+                {
                     tracing::warn!(error = %e, "could not schedule the retry");
                 }
                 return;
@@ -159,10 +178,19 @@ pub async fn process_job(ctx: &WorkerContext, job: Job) {
             (JobOutcome::Dead, untriaged_item(why.clone()), Some(why))
         }
     };
-    item.reason = format!("{}; routed to {}: {}", item.triage.reason, routed.center, routed.reason);
+    item.reason = format!(
+        "{}; routed to {}: {}",
+        item.triage.reason, routed.center, routed.reason
+    );
     item.center = routed.center;
-    match ctx.catalog.finish_job(&job, outcome, &item, error.as_deref(), crate::now_ms()).await {
-        Ok(()) => tracing::info!(priority = item.triage.priority.as_str(), center = %item.center, "study on worklist"),
+    match ctx
+        .catalog
+        .finish_job(&job, outcome, &item, error.as_deref(), crate::now_ms())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(priority = item.triage.priority.as_str(), center = %item.center, "study on worklist")
+        }
         Err(e) => tracing::warn!(error = %e, "finishing the job failed; it will run again"),
     }
 }
@@ -170,7 +198,10 @@ pub async fn process_job(ctx: &WorkerContext, job: Job) {
 /// The four screening views in batch order, most recent instance per view.
 pub fn pick_views(instances: &[StoredInstance]) -> (Vec<StoredInstance>, Vec<String>) {
     let mut latest: BTreeMap<(String, String), StoredInstance> = BTreeMap::new();
-    for i in instances.iter().filter(|i| i.view == "CC" || i.view == "MLO") {
+    for i in instances
+        .iter()
+        .filter(|i| i.view == "CC" || i.view == "MLO")
+    {
         latest.insert((i.laterality.clone(), i.view.clone()), i.clone());
     }
     let missing = ["R-CC", "L-CC", "R-MLO", "L-MLO"]
@@ -211,15 +242,15 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         .map_err(|e| StudyError::Transient(e.to_string()))?;
     let (views, missing) = pick_views(&instances);
     if views.is_empty() {
-        return Err(StudyError::Permanent("no CC or MLO view in the study".into()));
+        return Err(StudyError::Permanent(
+            "no CC or MLO view in the study".into(),
+        ));
     }
     let mut fetched = Vec::with_capacity(views.len());
     for v in &views {
-        let bytes = ctx
-            .store
-            .get(&v.object_key)
-            .await
-            .map_err(|e| StudyError::Transient(format!("fetching {}-{}: {e}", v.laterality, v.view)))?;
+        let bytes = ctx.store.get(&v.object_key).await.map_err(|e| {
+            StudyError::Transient(format!("fetching {}-{}: {e}", v.laterality, v.view))
+        })?;
         fetched.push((v.clone(), bytes));
     }
     let spec = ctx.model.card.preprocess.clone();
@@ -228,8 +259,12 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         let mut batch = Vec::with_capacity(n * spec.height * spec.width);
         let mut labels = Vec::with_capacity(n);
         for (v, bytes) in &fetched {
-            let t = prepare_view(bytes, &spec)
-                .map_err(|e| StudyError::Permanent(format!("{}-{} could not be decoded: {e}", v.laterality, v.view)))?;
+            let t = prepare_view(bytes, &spec).map_err(|e| {
+                StudyError::Permanent(format!(
+                    "{}-{} could not be decoded: {e}",
+                    v.laterality, v.view
+                ))
+            })?;
             batch.extend_from_slice(&t);
             labels.push((v.laterality.clone(), v.view.clone()));
         }
@@ -245,7 +280,14 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
     let view_scores: Vec<ViewScore> = labels
         .into_iter()
         .zip(scores)
-        .map(|((laterality, view), score)| ViewScore { laterality, view, score })
+        .map(|((laterality, view), score)| ViewScore {
+            laterality,
+            view,
+            score,
+        })
         .collect();
-    Ok(Scored { view_scores, missing })
+    Ok(Scored {
+        view_scores,
+        missing,
+    })
 }

@@ -27,11 +27,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/dicomweb/studies", post(stow::store_instances))
-        .route("/dicomweb/studies/{study}", post(stow::store_instances_in_study))
+        .route(
+            "/dicomweb/studies/{study}",
+            post(stow::store_instances_in_study),
+        )
         .route("/api/v1/studies/{study}", get(worklist::study_status))
         .route("/api/v1/centers/{center}/worklist", get(worklist::list))
-        .route("/api/v1/centers/{center}/worklist/claim", post(worklist::claim_next))
-        .route("/api/v1/worklist/{item}/reading", post(worklist::record_reading))
+        .route(
+            "/api/v1/centers/{center}/worklist/claim",
+            post(worklist::claim_next),
+        )
+        .route(
+            "/api/v1/worklist/{item}/reading",
+            post(worklist::record_reading),
+        )
         .route("/api/v1/summary", get(worklist::summary))
         .with_state(state)
 }
@@ -45,7 +54,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -69,7 +81,10 @@ impl From<CatalogError> for ApiError {
             other => {
                 // Internals stay in the log, not in the response.
                 tracing::error!(error = %other, "catalog failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see server log)")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (see server log)",
+                )
             }
         }
     }

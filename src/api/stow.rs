@@ -25,7 +25,11 @@ use crate::ingest::IngestError;
 pub const CENTER_HEADER: &str = "x-tamiz-center";
 const DICOM_JSON: &str = "application/dicom+json";
 
-pub async fn store_instances(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn store_instances(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     store(state, None, headers, body).await
 }
 
@@ -43,8 +47,16 @@ pub async fn store_instances_in_study(
 
 /// Result of one part.
 enum PartResult {
-    Stored { sop_class: String, sop: String },
-    Failed { sop_class: Option<String>, sop: Option<String>, reason: u16, comment: String },
+    Stored {
+        sop_class: String,
+        sop: String,
+    },
+    Failed {
+        sop_class: Option<String>,
+        sop: Option<String>,
+        reason: u16,
+        comment: String,
+    },
 }
 
 /// Reads the boundary of a `multipart/related` request whose root type (if given) is
@@ -53,10 +65,18 @@ fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "missing Content-Type: expected multipart/related; type=\"application/dicom\""))?;
-    let mime: mime::Mime = ct
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("unreadable Content-Type `{}`", ct.chars().take(100).collect::<String>())))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "missing Content-Type: expected multipart/related; type=\"application/dicom\"",
+            )
+        })?;
+    let mime: mime::Mime = ct.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "unreadable Content-Type `{}`",
+            ct.chars().take(100).collect::<String>()
+        ))
+    })?;
     if mime.type_() != mime::MULTIPART || mime.subtype() != "related" {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -82,22 +102,31 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let declared_center = headers.get(CENTER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let declared_center = headers
+        .get(CENTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let limits = state.config.limits.clone();
 
     // Count the whole body as it streams; fail the request past the limit.
     let mut received = 0u64;
-    let stream = body.into_data_stream().map_err(std::io::Error::other).and_then(move |chunk| {
-        received += chunk.len() as u64;
-        let over = received > limits.max_request_bytes;
-        async move {
-            if over {
-                Err(std::io::Error::other(format!("request body exceeds {} bytes", limits.max_request_bytes)))
-            } else {
-                Ok(chunk)
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk| {
+            received += chunk.len() as u64;
+            let over = received > limits.max_request_bytes;
+            async move {
+                if over {
+                    Err(std::io::Error::other(format!(
+                        "request body exceeds {} bytes",
+                        limits.max_request_bytes
+                    )))
+                } else {
+                    Ok(chunk)
+                }
             }
-        }
-    });
+        });
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut results = Vec::new();
     loop {
@@ -105,8 +134,15 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                let stored = results.iter().filter(|r| matches!(r, PartResult::Stored { .. })).count();
-                let status = if e.to_string().contains("exceeds") { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
+                let stored = results
+                    .iter()
+                    .filter(|r| matches!(r, PartResult::Stored { .. }))
+                    .count();
+                let status = if e.to_string().contains("exceeds") {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
                 return ApiError::new(
                     status,
                     format!("malformed multipart body after {} part(s) ({stored} stored; resending them is safe): {e}", results.len()),
@@ -129,12 +165,23 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             });
             continue;
         }
-        let tmp = state.ingest.upload_dir.join(format!("upload-{}-{}.dcm", std::process::id(), rand::random::<u64>()));
+        let tmp = state.ingest.upload_dir.join(format!(
+            "upload-{}-{}.dcm",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let written = write_part(&mut field, &tmp, limits_instance(&state)).await;
         let result = match written {
             Ok(PartWrite::Complete) => {
-                match state.ingest.ingest_file(&tmp, study.as_deref(), declared_center.as_deref()).await {
-                    Ok((meta, _)) => PartResult::Stored { sop_class: meta.sop_class_uid, sop: meta.sop_instance_uid },
+                match state
+                    .ingest
+                    .ingest_file(&tmp, study.as_deref(), declared_center.as_deref())
+                    .await
+                {
+                    Ok((meta, _)) => PartResult::Stored {
+                        sop_class: meta.sop_class_uid,
+                        sop: meta.sop_instance_uid,
+                    },
                     Err(e) => {
                         let (sop_class, sop) = read_uids(tmp.clone()).await;
                         failed(e, sop_class, sop)
@@ -149,14 +196,16 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             },
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return ApiError::bad_request(format!("reading part {}: {e}", results.len() + 1)).into_response();
+                return ApiError::bad_request(format!("reading part {}: {e}", results.len() + 1))
+                    .into_response();
             }
         };
         let _ = tokio::fs::remove_file(&tmp).await;
         results.push(result);
     }
     if results.is_empty() {
-        return ApiError::bad_request("the request holds no instances (no multipart part found)").into_response();
+        return ApiError::bad_request("the request holds no instances (no multipart part found)")
+            .into_response();
     }
     respond(results)
 }
@@ -172,8 +221,14 @@ enum PartWrite {
 
 /// Streams one part to `path`. Past `limit` bytes the rest of the part is drained
 /// and discarded so later parts can still be read.
-async fn write_part(field: &mut multer::Field<'_>, path: &std::path::Path, limit: u64) -> Result<PartWrite, String> {
-    let mut file = tokio::fs::File::create(path).await.map_err(|e| format!("temporary file: {e}"))?;
+async fn write_part(
+    field: &mut multer::Field<'_>,
+    path: &std::path::Path,
+    limit: u64,
+) -> Result<PartWrite, String> {
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("temporary file: {e}"))?;
     let mut n = 0u64;
     let mut too_large = false;
     while let Some(chunk) = field.chunk().await.map_err(|e| e.to_string())? {
@@ -182,10 +237,18 @@ async fn write_part(field: &mut multer::Field<'_>, path: &std::path::Path, limit
             too_large = true;
             continue;
         }
-        file.write_all(&chunk).await.map_err(|e| format!("temporary file: {e}"))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("temporary file: {e}"))?;
     }
-    file.flush().await.map_err(|e| format!("temporary file: {e}"))?;
-    Ok(if too_large { PartWrite::TooLarge(limit) } else { PartWrite::Complete })
+    file.flush()
+        .await
+        .map_err(|e| format!("temporary file: {e}"))?;
+    Ok(if too_large {
+        PartWrite::TooLarge(limit)
+    } else {
+        PartWrite::Complete
+    })
 }
 
 /// SOP Class and Instance UIDs of a refused instance, when it is readable enough to
@@ -204,7 +267,10 @@ async fn read_uids(path: std::path::PathBuf) -> (Option<String>, Option<String>)
                 .map(|v| crate::dicom::trim_value(&v).to_owned())
                 .filter(|v| is_valid_uid(v))
         };
-        (get(dicom_dictionary_std::tags::SOP_CLASS_UID), get(dicom_dictionary_std::tags::SOP_INSTANCE_UID))
+        (
+            get(dicom_dictionary_std::tags::SOP_CLASS_UID),
+            get(dicom_dictionary_std::tags::SOP_INSTANCE_UID),
+        )
     })
     .await
     .unwrap_or((None, None))
@@ -240,7 +306,12 @@ fn respond(results: Vec<PartResult>) -> Response {
                 "00081150": { "vr": "UI", "Value": [sop_class] },
                 "00081155": { "vr": "UI", "Value": [sop] },
             })),
-            PartResult::Failed { sop_class, sop, reason, comment } => {
+            PartResult::Failed {
+                sop_class,
+                sop,
+                reason,
+                comment,
+            } => {
                 let mut item = serde_json::Map::new();
                 if let Some(c) = sop_class {
                     item.insert("00081150".into(), json!({ "vr": "UI", "Value": [c] }));
@@ -261,10 +332,18 @@ fn respond(results: Vec<PartResult>) -> Response {
     };
     let mut body = serde_json::Map::new();
     if !referenced.is_empty() {
-        body.insert("00081199".into(), json!({ "vr": "SQ", "Value": referenced }));
+        body.insert(
+            "00081199".into(),
+            json!({ "vr": "SQ", "Value": referenced }),
+        );
     }
     if !failures.is_empty() {
         body.insert("00081198".into(), json!({ "vr": "SQ", "Value": failures }));
     }
-    (status, [(header::CONTENT_TYPE, DICOM_JSON)], Value::Object(body).to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, DICOM_JSON)],
+        Value::Object(body).to_string(),
+    )
+        .into_response()
 }

@@ -30,7 +30,12 @@ fn item_json(i: &WorklistItem) -> Value {
 }
 
 fn check_center(state: &AppState, center: &str) -> Result<(), ApiError> {
-    if state.config.diagnosis_centers.iter().any(|c| c.id == center) {
+    if state
+        .config
+        .diagnosis_centers
+        .iter()
+        .any(|c| c.id == center)
+    {
         Ok(())
     } else {
         Err(ApiError::not_found(format!(
@@ -41,7 +46,10 @@ fn check_center(state: &AppState, center: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /api/v1/studies/{study_uid}`
-pub async fn study_status(State(state): State<AppState>, Path(study): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn study_status(
+    State(state): State<AppState>,
+    Path(study): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if !is_valid_uid(&study) {
         return Err(ApiError::bad_request("study UID is not a valid UID"));
     }
@@ -90,7 +98,9 @@ pub async fn list(
     check_center(&state, &center)?;
     let limit = p.limit.unwrap_or(200).clamp(1, 5000);
     let items = state.catalog.worklist(&center, limit).await?;
-    Ok(Json(json!({ "center": center, "items": items.iter().map(item_json).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "center": center, "items": items.iter().map(item_json).collect::<Vec<_>>() }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -101,7 +111,9 @@ pub struct ClaimBody {
 
 fn check_radiologist(r: &str) -> Result<(), ApiError> {
     if r.trim().is_empty() || r.len() > 128 || r.chars().any(char::is_control) {
-        Err(ApiError::bad_request("radiologist must be 1-128 printable characters"))
+        Err(ApiError::bad_request(
+            "radiologist must be 1-128 printable characters",
+        ))
     } else {
         Ok(())
     }
@@ -119,7 +131,11 @@ pub async fn claim_next(
     check_radiologist(&body.radiologist)?;
     let now = crate::now_ms();
     let expired_before = now - state.config.reading.claim_timeout_secs as i64 * 1000;
-    match state.catalog.claim_next(&center, &body.radiologist, now, expired_before).await? {
+    match state
+        .catalog
+        .claim_next(&center, &body.radiologist, now, expired_before)
+        .await?
+    {
         Some(item) => Ok((StatusCode::OK, Json(item_json(&item)))),
         None => Ok((StatusCode::NO_CONTENT, Json(Value::Null))),
     }
@@ -142,14 +158,23 @@ pub async fn record_reading(
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_radiologist(&body.radiologist)?;
     if !(0..=6).contains(&body.birads) {
-        return Err(ApiError::bad_request(format!("birads must be 0-6, got {}", body.birads)));
+        return Err(ApiError::bad_request(format!(
+            "birads must be 0-6, got {}",
+            body.birads
+        )));
     }
     if !matches!(body.density.as_str(), "A" | "B" | "C" | "D") {
         return Err(ApiError::bad_request("density must be one of A, B, C, D"));
     }
     state
         .catalog
-        .record_reading(item, &body.radiologist, body.birads, &body.density, crate::now_ms())
+        .record_reading(
+            item,
+            &body.radiologist,
+            body.birads,
+            &body.density,
+            crate::now_ms(),
+        )
         .await?;
     Ok(Json(json!({ "item": item, "state": "read" })))
 }
@@ -159,5 +184,7 @@ pub async fn summary(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
     let now = crate::now_ms();
     let (year, start, end) = crate::year_bounds(now);
     let s = state.catalog.summary(year, start, end, now).await?;
-    Ok(Json(serde_json::to_value(s).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?))
+    Ok(Json(serde_json::to_value(s).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    })?))
 }

@@ -15,7 +15,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 pub use jobs::{Job, JobOutcome};
-pub use worklist::{NewItem, ClaimedItem, CenterSummary, ProgramSummary, Reading, StudyStatus, WorklistItem};
+pub use worklist::{
+    CenterSummary, ClaimedItem, NewItem, ProgramSummary, Reading, StudyStatus, WorklistItem,
+};
 
 use crate::config::Config;
 use crate::dicom::InstanceMeta;
@@ -65,16 +67,20 @@ impl Catalog {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         MIGRATOR.run(&pool).await?;
         let salt = hex::encode(rand::random::<[u8; 16]>());
         sqlx::query("INSERT INTO settings (key, value) VALUES ('pseudonym_salt', $1) ON CONFLICT (key) DO NOTHING")
             .bind(&salt)
             .execute(&pool)
             .await?;
-        let salt: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = 'pseudonym_salt'")
-            .fetch_one(&pool)
-            .await?;
+        let salt: String =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'pseudonym_salt'")
+                .fetch_one(&pool)
+                .await?;
         Ok(Catalog { pool, salt })
     }
 
@@ -132,10 +138,12 @@ impl Catalog {
 
     /// SHA-256 of the instance catalogued under `sop_uid`, if any.
     pub async fn instance_sha256(&self, sop_uid: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT sha256 FROM instances WHERE sop_uid = $1")
-            .bind(sop_uid)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT sha256 FROM instances WHERE sop_uid = $1")
+                .bind(sop_uid)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Catalogues an instance whose bytes are already in the object store, creating
@@ -156,24 +164,29 @@ impl Catalog {
         let mut tx = self.pool.begin().await?;
         // First statement writes, so SQLite takes the write lock (waiting on busy)
         // rather than failing a read-to-write upgrade.
-        sqlx::query("INSERT INTO patients (pseudo_key) VALUES ($1) ON CONFLICT (pseudo_key) DO NOTHING")
-            .bind(&pseudo)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO patients (pseudo_key) VALUES ($1) ON CONFLICT (pseudo_key) DO NOTHING",
+        )
+        .bind(&pseudo)
+        .execute(&mut *tx)
+        .await?;
         let patient: i64 = sqlx::query_scalar("SELECT id FROM patients WHERE pseudo_key = $1")
             .bind(&pseudo)
             .fetch_one(&mut *tx)
             .await?;
-        if let Some(existing) = sqlx::query_scalar::<_, String>("SELECT sha256 FROM instances WHERE sop_uid = $1")
-            .bind(&meta.sop_instance_uid)
-            .fetch_optional(&mut *tx)
-            .await?
+        if let Some(existing) =
+            sqlx::query_scalar::<_, String>("SELECT sha256 FROM instances WHERE sop_uid = $1")
+                .bind(&meta.sop_instance_uid)
+                .fetch_optional(&mut *tx)
+                .await?
         {
             tx.rollback().await?;
             return Ok(if existing == sha256 {
                 InsertOutcome::Duplicate
             } else {
-                InsertOutcome::Conflict { existing_sha256: existing }
+                InsertOutcome::Conflict {
+                    existing_sha256: existing,
+                }
             });
         }
         sqlx::query(
@@ -216,7 +229,14 @@ impl Catalog {
         .fetch_one(&mut *tx)
         .await?;
         let study_ready = views == 4
-            && mark_ready(&mut tx, &meta.study_uid, "four screening views received", model_version, now_ms).await?;
+            && mark_ready(
+                &mut tx,
+                &meta.study_uid,
+                "four screening views received",
+                model_version,
+                now_ms,
+            )
+            .await?;
         tx.commit().await?;
         Ok(InsertOutcome::Inserted { study_ready })
     }
@@ -316,11 +336,16 @@ impl Catalog {
 
     /// The study's imaging center and first-received time.
     pub async fn study_origin(&self, study_uid: &str) -> Result<(Option<String>, i64)> {
-        let row = sqlx::query("SELECT imaging_center, first_received_ms FROM studies WHERE study_uid = $1")
-            .bind(study_uid)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("study {study_uid} not found")))?;
-        Ok((row.try_get("imaging_center")?, row.try_get("first_received_ms")?))
+        let row = sqlx::query(
+            "SELECT imaging_center, first_received_ms FROM studies WHERE study_uid = $1",
+        )
+        .bind(study_uid)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| CatalogError::NotFound(format!("study {study_uid} not found")))?;
+        Ok((
+            row.try_get("imaging_center")?,
+            row.try_get("first_received_ms")?,
+        ))
     }
 }

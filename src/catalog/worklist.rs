@@ -227,17 +227,22 @@ impl Catalog {
             tx.rollback().await?;
             return Err(match state {
                 None => CatalogError::NotFound(format!("worklist item {item_id} not found")),
-                Some((s, _)) if s == "read" => CatalogError::Conflict(format!("worklist item {item_id} is already read")),
-                Some((_, Some(other))) if other != radiologist => {
-                    CatalogError::Conflict(format!("worklist item {item_id} is claimed by another radiologist"))
+                Some((s, _)) if s == "read" => {
+                    CatalogError::Conflict(format!("worklist item {item_id} is already read"))
                 }
-                Some(_) => CatalogError::Conflict(format!("worklist item {item_id} must be claimed before it is read")),
+                Some((_, Some(other))) if other != radiologist => CatalogError::Conflict(format!(
+                    "worklist item {item_id} is claimed by another radiologist"
+                )),
+                Some(_) => CatalogError::Conflict(format!(
+                    "worklist item {item_id} must be claimed before it is read"
+                )),
             });
         }
-        let study: String = sqlx::query_scalar("SELECT study_uid FROM worklist_items WHERE id = $1")
-            .bind(item_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let study: String =
+            sqlx::query_scalar("SELECT study_uid FROM worklist_items WHERE id = $1")
+                .bind(item_id)
+                .fetch_one(&mut *tx)
+                .await?;
         sqlx::query(
             "INSERT INTO readings (worklist_item_id, study_uid, radiologist, birads, density, created_ms)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -293,7 +298,10 @@ impl Catalog {
         let (view_scores, model_version) = match &item_row {
             Some(r) => {
                 let vs: Option<String> = r.try_get("view_scores")?;
-                (vs.and_then(|s| serde_json::from_str(&s).ok()), r.try_get("model_version")?)
+                (
+                    vs.and_then(|s| serde_json::from_str(&s).ok()),
+                    r.try_get("model_version")?,
+                )
             }
             None => (None, None),
         };
@@ -307,7 +315,11 @@ impl Catalog {
             ready_reason: s.try_get("ready_reason")?,
             job_state: job.as_ref().map(|j| j.try_get("state")).transpose()?,
             job_attempts: job.as_ref().map(|j| j.try_get("attempts")).transpose()?,
-            job_error: job.as_ref().map(|j| j.try_get("last_error")).transpose()?.flatten(),
+            job_error: job
+                .as_ref()
+                .map(|j| j.try_get("last_error"))
+                .transpose()?
+                .flatten(),
             worklist: item_row.as_ref().map(item).transpose()?,
             view_scores,
             model_version,
@@ -326,10 +338,17 @@ impl Catalog {
 
     /// Program summary for `year` (which starts at `year_start_ms` and ends at
     /// `year_end_ms`), as of `now_ms`.
-    pub async fn summary(&self, year: i32, year_start_ms: i64, year_end_ms: i64, now_ms: i64) -> Result<ProgramSummary> {
-        let by_state: Vec<(String, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM studies GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn summary(
+        &self,
+        year: i32,
+        year_start_ms: i64,
+        year_end_ms: i64,
+        now_ms: i64,
+    ) -> Result<ProgramSummary> {
+        let by_state: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM studies GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
         let by_priority: Vec<(String, i64)> = sqlx::query_as(
             "SELECT priority, COUNT(*) FROM worklist_items WHERE state IN ('queued', 'claimed') GROUP BY priority",
         )
@@ -360,20 +379,25 @@ impl Catalog {
         .bind(year)
         .fetch_all(&self.pool)
         .await?;
-        let studies_this_year: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM studies WHERE first_received_ms >= $1 AND first_received_ms < $2")
-                .bind(year_start_ms)
-                .bind(year_end_ms)
-                .fetch_one(&self.pool)
-                .await?;
-        let target: Option<i64> =
-            sqlx::query_scalar("SELECT mammograms FROM targets WHERE year = $1 AND scope = 'program'")
-                .bind(year)
-                .fetch_optional(&self.pool)
-                .await?;
-        let elapsed = ((now_ms - year_start_ms) as f64 / (year_end_ms - year_start_ms) as f64).clamp(0.0, 1.0);
-        let mut open_by_priority: BTreeMap<String, i64> =
-            ["urgent", "routine", "untriaged", "low"].iter().map(|p| (p.to_string(), 0)).collect();
+        let studies_this_year: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM studies WHERE first_received_ms >= $1 AND first_received_ms < $2",
+        )
+        .bind(year_start_ms)
+        .bind(year_end_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let target: Option<i64> = sqlx::query_scalar(
+            "SELECT mammograms FROM targets WHERE year = $1 AND scope = 'program'",
+        )
+        .bind(year)
+        .fetch_optional(&self.pool)
+        .await?;
+        let elapsed = ((now_ms - year_start_ms) as f64 / (year_end_ms - year_start_ms) as f64)
+            .clamp(0.0, 1.0);
+        let mut open_by_priority: BTreeMap<String, i64> = ["urgent", "routine", "untriaged", "low"]
+            .iter()
+            .map(|p| (p.to_string(), 0))
+            .collect();
         for (p, n) in by_priority {
             debug_assert!(Priority::parse(&p).is_some());
             open_by_priority.insert(p, n);

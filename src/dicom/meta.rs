@@ -125,7 +125,9 @@ pub enum InvalidInstance {
     Missing(&'static str),
     #[error("attribute {name} has an unusable value `{value}`")]
     BadValue { name: &'static str, value: String },
-    #[error("invalid UID in {name}: `{value}` (PS3.5 §9.1: digits and dots, at most 64 characters)")]
+    #[error(
+        "invalid UID in {name}: `{value}` (PS3.5 §9.1: digits and dots, at most 64 characters)"
+    )]
     BadUid { name: &'static str, value: String },
     #[error("not a mammogram: Modality {modality}, SOP Class {sop_class}")]
     NotMammography { modality: String, sop_class: String },
@@ -142,7 +144,9 @@ pub enum InvalidInstance {
     },
     #[error("unsupported pixel format: {0}")]
     UnsupportedPixels(String),
-    #[error("instance belongs to study {found}, not to the study {expected} named in the request URL")]
+    #[error(
+        "instance belongs to study {found}, not to the study {expected} named in the request URL"
+    )]
     WrongStudy { expected: String, found: String },
 }
 
@@ -169,7 +173,11 @@ fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     (!v.is_empty()).then(|| v.to_owned())
 }
 
-fn required(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, InvalidInstance> {
+fn required(
+    obj: &InMemDicomObject,
+    tag: Tag,
+    name: &'static str,
+) -> Result<String, InvalidInstance> {
     text(obj, tag).ok_or(InvalidInstance::Missing(name))
 }
 
@@ -178,19 +186,28 @@ fn uid(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<String, I
     if is_valid_uid(&v) {
         Ok(v)
     } else {
-        Err(InvalidInstance::BadUid { name, value: printable(&v) })
+        Err(InvalidInstance::BadUid {
+            name,
+            value: printable(&v),
+        })
     }
 }
 
 fn number(obj: &InMemDicomObject, tag: Tag, name: &'static str) -> Result<u32, InvalidInstance> {
     let v = required(obj, tag, name)?;
     let e = obj.get(tag).ok_or(InvalidInstance::Missing(name))?;
-    e.to_int::<u32>().map_err(|_| InvalidInstance::BadValue { name, value: printable(&v) })
+    e.to_int::<u32>().map_err(|_| InvalidInstance::BadValue {
+        name,
+        value: printable(&v),
+    })
 }
 
 /// Keeps hostile values from flooding an error message or a terminal.
 fn printable(s: &str) -> String {
-    s.chars().take(80).map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .take(80)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn laterality(obj: &InMemDicomObject) -> Option<Laterality> {
@@ -227,17 +244,28 @@ fn view(obj: &InMemDicomObject) -> Option<View> {
 pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta, InvalidInstance> {
     let sop_class_uid = uid(obj, tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?;
     let sop_instance_uid = uid(obj, tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
-    let study_uid = uid(obj, tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?;
-    let series_uid = uid(obj, tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?;
+    let study_uid = uid(
+        obj,
+        tags::STUDY_INSTANCE_UID,
+        "Study Instance UID (0020,000D)",
+    )?;
+    let series_uid = uid(
+        obj,
+        tags::SERIES_INSTANCE_UID,
+        "Series Instance UID (0020,000E)",
+    )?;
     let transfer_syntax = trim_value(obj.meta().transfer_syntax()).to_owned();
     let modality = text(obj, tags::MODALITY).unwrap_or_default();
 
     let mammo_class = MAMMOGRAPHY_SOP_CLASSES.contains(&sop_class_uid.as_str());
-    let mg_image =
-        modality == "MG" && GENERIC_IMAGE_SOP_CLASSES.contains(&sop_class_uid.as_str());
+    let mg_image = modality == "MG" && GENERIC_IMAGE_SOP_CLASSES.contains(&sop_class_uid.as_str());
     if !(mammo_class || mg_image) {
         return Err(InvalidInstance::NotMammography {
-            modality: if modality.is_empty() { "(none)".into() } else { printable(&modality) },
+            modality: if modality.is_empty() {
+                "(none)".into()
+            } else {
+                printable(&modality)
+            },
             sop_class: sop_class_uid,
         });
     }
@@ -257,7 +285,11 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
     }
     let bits_allocated = number(obj, tags::BITS_ALLOCATED, "Bits Allocated (0028,0100)")? as u16;
     let bits_stored = number(obj, tags::BITS_STORED, "Bits Stored (0028,0101)")? as u16;
-    let samples = number(obj, tags::SAMPLES_PER_PIXEL, "Samples per Pixel (0028,0002)")?;
+    let samples = number(
+        obj,
+        tags::SAMPLES_PER_PIXEL,
+        "Samples per Pixel (0028,0002)",
+    )?;
     let frames = match obj.get(tags::NUMBER_OF_FRAMES) {
         Some(e) => e.to_int::<u32>().unwrap_or(1),
         None => 1,

