@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, default_value = "pipeline.toml")]
         config: PathBuf,
         /// Synthetic studies per imaging center.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 8)]
         studies_per_center: usize,
         #[arg(long, default_value_t = 2026)]
         seed: u64,
