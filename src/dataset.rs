@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::dicom::pixels::decode_display;
+use crate::parallel::{parallel_map, threads};
 use crate::preprocess::{preprocess, PreprocessSpec};
 use crate::synth::{plan_studies, study_objects, write_study, Finding, StudyPlan};
 
@@ -23,31 +24,6 @@ fn finding_name(p: &StudyPlan) -> &'static str {
         Finding::Mass { spiculated: true } => "spiculated-mass",
         Finding::Calcifications => "calcifications",
     }
-}
-
-/// Runs `f` over `items` on `threads` threads, keeping the order of results.
-fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let chunk = items.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("worker thread panicked"))
-            .collect()
-    })
-}
-
-pub fn threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 /// Writes `n` synthetic studies as DICOM files under `out/{study_uid}/` and

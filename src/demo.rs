@@ -11,7 +11,8 @@ use anyhow::{bail, Context};
 
 use crate::api::iso_time;
 use crate::config::Config;
-use crate::dataset::{threads, SYNTH_COLUMNS, SYNTH_ROWS};
+use crate::dataset::{SYNTH_COLUMNS, SYNTH_ROWS};
+use crate::parallel::threads;
 use crate::synth::{plan_studies, write_study, Finding, StudyPlan};
 
 pub struct DemoOptions {

@@ -14,8 +14,8 @@ use crate::catalog::StoredInstance;
 use crate::config::{Limits, TriageConfig};
 use crate::dicom::meta::extract;
 use crate::model::Model;
-use crate::triage::{classify, Priority, ViewScore};
-use crate::worker::{pick_views, prepare_view};
+use crate::triage::{classify, Priority};
+use crate::worker::{name_scores, pick_views, prepare_batch};
 
 /// Per-study result of an evaluation.
 #[derive(Debug, Clone)]
@@ -142,28 +142,17 @@ pub fn evaluate(
     let (mut views, mut infer_time) = (0usize, 0f64);
     for (uid, instances) in by_study {
         let (picked, missing) = pick_views(&instances);
-        let mut batch = Vec::new();
-        let mut names = Vec::new();
-        for v in &picked {
-            let bytes = std::fs::read(&v.object_key)?;
-            let t = prepare_view(&bytes, &spec)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", v.object_key))?;
-            batch.extend_from_slice(&t);
-            names.push((v.laterality.clone(), v.view.clone()));
-        }
+        let views_bytes = picked
+            .iter()
+            .map(|v| Ok((v.clone(), std::fs::read(&v.object_key)?)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let (names, batch) =
+            prepare_batch(&views_bytes, &spec).map_err(|e| anyhow::anyhow!("study {uid}: {e}"))?;
         let t0 = Instant::now();
         let scores = model.infer_blocking(batch, picked.len())?;
         infer_time += t0.elapsed().as_secs_f64();
         views += picked.len();
-        let vs: Vec<ViewScore> = names
-            .into_iter()
-            .zip(scores)
-            .map(|((laterality, view), score)| ViewScore {
-                laterality,
-                view,
-                score,
-            })
-            .collect();
+        let vs = name_scores(names, scores);
         let t = classify(&vs, &missing, &model.card.operating_points, triage_cfg, 0);
         studies.push(StudyScore {
             label: labels[&uid],

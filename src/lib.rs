@@ -19,6 +19,7 @@
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator).
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
 //! - [`upload`], [`demo`], [`evaluate`]: the other subcommands.
+//! - [`parallel`]: order-keeping parallel map for CPU-bound work.
 //! - [`synth`]: synthetic mammograms with known ground truth (demo, tests, training).
 
 pub mod api;
@@ -30,6 +31,7 @@ pub mod dicom;
 pub mod evaluate;
 pub mod ingest;
 pub mod model;
+pub mod parallel;
 pub mod preprocess;
 pub mod routing;
 pub mod server;

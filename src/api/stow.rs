@@ -170,7 +170,7 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             std::process::id(),
             rand::random::<u64>()
         ));
-        let written = write_part(&mut field, &tmp, limits_instance(&state)).await;
+        let written = write_part(&mut field, &tmp, limits.max_instance_bytes).await;
         let result = match written {
             Ok(PartWrite::Complete) => {
                 match state
@@ -208,10 +208,6 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             .into_response();
     }
     respond(results)
-}
-
-fn limits_instance(state: &AppState) -> u64 {
-    state.config.limits.max_instance_bytes
 }
 
 enum PartWrite {

@@ -10,7 +10,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use dicom_object::DefaultDicomObject;
-use dicom_pixeldata::{PixelDecoder, PixelRepresentation, VoiLutFunction};
+use dicom_pixeldata::{DecodedPixelData, PixelDecoder, PixelRepresentation, VoiLutFunction};
 
 /// A single-channel image of display values in [0, 1], row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,16 +120,29 @@ impl GrayscalePipeline {
     /// range (at most 2^16 entries), so a 13-megapixel image costs one table read per
     /// pixel.
     pub fn apply(&self, stored: &[i32], width: usize, height: usize) -> GrayImage {
-        let (smin, smax) = stored
-            .iter()
-            .fold((i32::MAX, i32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        if stored.is_empty() {
+        self.apply_with(stored.len(), width, height, |i| stored[i])
+    }
+
+    /// [`GrayscalePipeline::apply`] over `n` stored values read by `value` (no
+    /// intermediate buffer of stored values).
+    pub fn apply_with(
+        &self,
+        n: usize,
+        width: usize,
+        height: usize,
+        value: impl Fn(usize) -> i32,
+    ) -> GrayImage {
+        if n == 0 {
             return GrayImage::new(width, height, Vec::new());
         }
+        let (smin, smax) = (0..n).fold((i32::MAX, i32::MIN), |(a, b), i| {
+            let v = value(i);
+            (a.min(v), b.max(v))
+        });
         let m = |s: i32| s as f64 * self.slope + self.intercept;
         let (lo, hi) = (m(smin).min(m(smax)), m(smin).max(m(smax)));
         let lut: Vec<f32> = (smin..=smax).map(|s| self.display(s, lo, hi)).collect();
-        let data = stored.iter().map(|&s| lut[(s - smin) as usize]).collect();
+        let data = (0..n).map(|i| lut[(value(i) - smin) as usize]).collect();
         GrayImage::new(width, height, data)
     }
 }
@@ -167,65 +180,61 @@ pub fn window(x: f64, center: f64, width: f64, function: WindowFunction) -> f64 
 /// Decodes the first frame and applies the grayscale pipeline. A panic inside the
 /// decoder (dicom-rs's RLE reader panics on truncated data) becomes an error.
 pub fn decode_display(obj: &DefaultDicomObject) -> Result<GrayImage, PixelError> {
-    let (stored, width, height, pipeline) = catch_unwind(AssertUnwindSafe(|| decode_stored(obj)))
-        .map_err(|_| PixelError::DecoderPanic)??;
-    Ok(pipeline.apply(&stored, width, height))
+    catch_unwind(AssertUnwindSafe(|| {
+        let decoded = obj
+            .decode_pixel_data()
+            .map_err(|e| PixelError::Decode(e.to_string()))?;
+        let (pipeline, width, height) = read_pipeline(&decoded)?;
+        let n = width * height;
+        let data = decoded.data();
+        let bits = pipeline.bits_stored;
+        let mask: u32 = (1u32 << bits) - 1;
+        let sign_bit: u32 = 1u32 << (bits - 1);
+        let signed = pipeline.signed;
+        // Stored value: masked to Bits Stored, sign-extended when signed.
+        let to_value = move |raw: u32| -> i32 {
+            let v = raw & mask;
+            if signed && v & sign_bit != 0 {
+                v as i32 - (1i32 << bits)
+            } else {
+                v as i32
+            }
+        };
+        let bytes_per = if decoded.bits_allocated() == 8 { 1 } else { 2 };
+        if data.len() < n * bytes_per {
+            return Err(PixelError::Decode(format!(
+                "pixel data holds {} bytes, {width}x{height} needs {}",
+                data.len(),
+                n * bytes_per
+            )));
+        }
+        Ok(if bytes_per == 1 {
+            pipeline.apply_with(n, width, height, |i| to_value(data[i] as u32))
+        } else {
+            pipeline.apply_with(n, width, height, |i| {
+                to_value(u16::from_le_bytes([data[2 * i], data[2 * i + 1]]) as u32)
+            })
+        })
+    }))
+    .map_err(|_| PixelError::DecoderPanic)?
 }
 
-/// Decodes the stored values (masked to Bits Stored, sign-extended when signed) and
-/// reads the attributes of the grayscale pipeline.
-#[allow(clippy::type_complexity)]
-pub fn decode_stored(
-    obj: &DefaultDicomObject,
-) -> Result<(Vec<i32>, usize, usize, GrayscalePipeline), PixelError> {
-    let decoded = obj
-        .decode_pixel_data()
-        .map_err(|e| PixelError::Decode(e.to_string()))?;
+/// Reads the layout checks and the attributes of the grayscale pipeline.
+fn read_pipeline(
+    decoded: &DecodedPixelData<'_>,
+) -> Result<(GrayscalePipeline, usize, usize), PixelError> {
     if decoded.samples_per_pixel() != 1 {
         return Err(PixelError::Unsupported(format!(
             "{} samples per pixel",
             decoded.samples_per_pixel()
         )));
     }
-    let (width, height) = (decoded.columns() as usize, decoded.rows() as usize);
-    let n = width * height;
-    let bits_allocated = decoded.bits_allocated();
-    let bits_stored = decoded.bits_stored().clamp(1, 16);
-    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
-    let data = decoded.data();
-    let bytes_per = match bits_allocated {
-        8 => 1,
-        16 => 2,
+    match decoded.bits_allocated() {
+        8 | 16 => {}
         b => return Err(PixelError::Unsupported(format!("Bits Allocated {b}"))),
-    };
-    if data.len() < n * bytes_per {
-        return Err(PixelError::Decode(format!(
-            "pixel data holds {} bytes, {}x{} needs {}",
-            data.len(),
-            width,
-            height,
-            n * bytes_per
-        )));
     }
-    let mask: u32 = (1u32 << bits_stored) - 1;
-    let sign_bit: u32 = 1u32 << (bits_stored - 1);
-    let to_value = |raw: u32| -> i32 {
-        let v = raw & mask;
-        if signed && v & sign_bit != 0 {
-            v as i32 - (1i32 << bits_stored)
-        } else {
-            v as i32
-        }
-    };
-    let stored: Vec<i32> = if bytes_per == 1 {
-        data[..n].iter().map(|&b| to_value(b as u32)).collect()
-    } else {
-        data[..2 * n]
-            .chunks_exact(2)
-            .map(|c| to_value(u16::from_le_bytes([c[0], c[1]]) as u32))
-            .collect()
-    };
-
+    let bits_stored = decoded.bits_stored().clamp(1, decoded.bits_allocated());
+    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
     let (slope, intercept) = match decoded.rescale() {
         Ok(r) if !r.is_empty() => (r[0].slope, r[0].intercept),
         _ => (1.0, 0.0),
@@ -263,9 +272,6 @@ pub fn decode_stored(
     };
     let monochrome1 = decoded.photometric_interpretation().as_str() == "MONOCHROME1";
     Ok((
-        stored,
-        width,
-        height,
         GrayscalePipeline {
             bits_stored,
             signed,
@@ -274,6 +280,8 @@ pub fn decode_stored(
             voi,
             monochrome1,
         },
+        decoded.columns() as usize,
+        decoded.rows() as usize,
     ))
 }
 
