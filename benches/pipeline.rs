@@ -175,7 +175,10 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{:<34} {:>9.1} ms {:>9.1} ms",
-        format!("decode + preprocess, {} threads", tamiz::parallel::threads()),
+        format!(
+            "decode + preprocess, {} threads",
+            tamiz::parallel::threads()
+        ),
         ms(par),
         ms(par) / views
     );

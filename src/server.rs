@@ -38,7 +38,7 @@ impl RunningServer {
         }
     }
 
-    /// Resolves when a stop was requested by [`RunningServer::stop`]'s sender.
+    /// `http://ADDR` of the listener.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -237,12 +237,15 @@ pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, Str
     .unwrap_or_else(|_| Err("the decoder crashed on corrupt pixel data".into()))
 }
 
+/// (laterality, view) of a batch entry, e.g. ("L", "CC").
+pub type ViewName = (String, String);
+
 /// Decodes and preprocesses a study's views into one batch, in order; returns the
 /// (laterality, view) of each. An error names the view that failed.
 pub fn prepare_batch<B: AsRef<[u8]> + Sync>(
     views: &[(StoredInstance, B)],
     spec: &PreprocessSpec,
-) -> Result<(Vec<(String, String)>, Vec<f32>), String> {
+) -> Result<(Vec<ViewName>, Vec<f32>), String> {
     // Views are decoded in parallel: a 13-megapixel view is ~100 ms of one core.
     let tensors = crate::parallel::parallel_map(views, crate::parallel::threads(), |(v, bytes)| {
         prepare_view(bytes.as_ref(), spec)
@@ -260,7 +263,7 @@ pub fn prepare_batch<B: AsRef<[u8]> + Sync>(
 }
 
 /// Pairs the model's scores with the views they belong to.
-pub fn name_scores(names: Vec<(String, String)>, scores: Vec<f32>) -> Vec<ViewScore> {
+pub fn name_scores(names: Vec<ViewName>, scores: Vec<f32>) -> Vec<ViewScore> {
     names
         .into_iter()
         .zip(scores)
