@@ -32,6 +32,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Ok(filter) = std::env::var("TAMIZ_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
     let rounds = 5;
     let studies: usize = std::env::var("TAMIZ_BENCH_STUDIES")
         .ok()
@@ -135,6 +140,22 @@ fn main() -> anyhow::Result<()> {
                 ingest.ingest_file(&path, None, None).await?;
             }
         }
+        // Fetching a study's four objects alone, for the breakdown.
+        let keys: Vec<String> = catalog
+            .study_instances("1.2.3.0")
+            .await?
+            .into_iter()
+            .map(|i| i.object_key)
+            .collect();
+        let mut t_fetch = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for k in &keys {
+                tamiz::storage::ObjectStore::get(&*store, k).await?;
+            }
+            t_fetch.push(t.elapsed());
+        }
+        let fetch = median(t_fetch);
         let ctx = WorkerContext {
             catalog: catalog.clone(),
             store,
@@ -152,8 +173,9 @@ fn main() -> anyhow::Result<()> {
             "processed {} of {studies} studies",
             times.len()
         );
-        Ok::<_, anyhow::Error>(median(times))
+        Ok::<_, anyhow::Error>((median(times), fetch))
     })?;
+    let (per_study, fetch) = per_study;
 
     let views = 4.0;
     println!(
@@ -167,6 +189,12 @@ fn main() -> anyhow::Result<()> {
     ] {
         println!("{:<34} {:>9.1} ms {:>9.1} ms", name, ms(d), ms(d) / views);
     }
+    println!(
+        "{:<34} {:>9.1} ms {:>9.1} ms",
+        "fetch (object store)",
+        ms(fetch),
+        ms(fetch) / views
+    );
     println!(
         "{:<34} {:>9.1} ms {:>9.1} ms",
         "decode + inference",

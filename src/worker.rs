@@ -288,24 +288,35 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
             "no CC or MLO view in the study".into(),
         ));
     }
-    let mut fetched = Vec::with_capacity(views.len());
-    for v in &views {
+    let started = std::time::Instant::now();
+    // All views are fetched concurrently: object-store latency overlaps.
+    let fetched = futures_util::future::try_join_all(views.iter().map(|v| async move {
         let bytes = ctx.store.get(&v.object_key).await.map_err(|e| {
             StudyError::Transient(format!("fetching {}-{}: {e}", v.laterality, v.view))
         })?;
-        fetched.push((v.clone(), bytes));
-    }
+        Ok::<_, StudyError>((v.clone(), bytes))
+    }))
+    .await?;
+    let fetched_at = started.elapsed();
     let spec = ctx.model.card.preprocess.clone();
     let n = fetched.len();
     let (names, batch) = tokio::task::spawn_blocking(move || prepare_batch(&fetched, &spec))
         .await
         .map_err(|e| StudyError::Transient(format!("preprocessing task failed: {e}")))?
         .map_err(StudyError::Permanent)?;
+    let prepared_at = started.elapsed();
     let scores = ctx
         .model
         .infer(batch, n)
         .await
         .map_err(|e| StudyError::Transient(e.to_string()))?;
+    tracing::debug!(
+        fetch_ms = fetched_at.as_millis() as u64,
+        prepare_ms = (prepared_at - fetched_at).as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        views = n,
+        "study scored"
+    );
     let view_scores = name_scores(names, scores);
     Ok(Scored {
         view_scores,
