@@ -11,6 +11,15 @@ use sqlx::Row;
 use super::worklist::NewItem;
 use super::{Catalog, CatalogError, Result};
 
+/// A fenced write changed exactly one row, or the lease was lost.
+fn fenced(rows_affected: u64) -> Result<()> {
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(CatalogError::LeaseLost)
+    }
+}
+
 /// A leased job. `attempts` is the fencing token.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -67,11 +76,7 @@ impl Catalog {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(CatalogError::LeaseLost)
-        }
+        fenced(n)
     }
 
     /// Puts the job back for another attempt after `run_after_ms`.
@@ -87,11 +92,7 @@ impl Catalog {
         .execute(&self.pool)
         .await?
         .rows_affected();
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(CatalogError::LeaseLost)
-        }
+        fenced(n)
     }
 
     /// Ends the job and puts its study on a worklist, atomically: either both happen
