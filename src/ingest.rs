@@ -6,7 +6,6 @@
 //! catalogued instance has its bytes); never overwrite an object (a crash between the
 //! two steps leaves an uncatalogued object, which the next identical upload adopts).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -129,28 +128,23 @@ impl Ingest {
     }
 }
 
-/// Parses the whole file (a truncated file fails here, not in a worker later),
-/// validates it, and hashes its bytes.
+/// Reads the file, checks its structure (declared lengths within the file, see
+/// [`crate::dicom::guard`]), parses it whole (a truncated file fails here, not in a
+/// worker later), validates it, and hashes its bytes.
 fn parse_and_hash(
     path: &Path,
     limits: &crate::config::Limits,
 ) -> Result<(InstanceMeta, String, u64), IngestError> {
+    let bytes = std::fs::read(path)?;
+    crate::dicom::guard::check_lengths(&bytes, limits.max_instance_bytes.saturating_mul(4))?;
     let obj = dicom_object::OpenFileOptions::new()
-        .open_file(path)
+        .from_reader(&bytes[..])
         .map_err(|e| InvalidInstance::NotDicom(e.to_string()))?;
     let meta = extract(&obj, limits)?;
     drop(obj);
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((meta, hex::encode(hasher.finalize()), size))
+    Ok((
+        meta,
+        hex::encode(Sha256::digest(&bytes)),
+        bytes.len() as u64,
+    ))
 }

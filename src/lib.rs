@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //! - [`config`]: `pipeline.toml`, the deployment's single configuration.
-//! - [`dicom`]: metadata extraction and validation; stored samples → display values.
+//! - [`dicom`]: structural pre-check, metadata extraction and validation; stored
+//!   samples → display values.
 //! - [`ingest`]: one uploaded instance → object store + catalog.
 //! - [`storage`]: the `ObjectStore` trait and the local-directory store.
 //! - [`catalog`]: SQL: studies, instances, job queue, worklists, readings, targets.

@@ -251,9 +251,16 @@ async fn write_part(
 /// have them (so the uploader can tell which file failed).
 async fn read_uids(path: std::path::PathBuf) -> (Option<String>, Option<String>) {
     tokio::task::spawn_blocking(move || {
+        // Structurally broken files are not parsed at all (see dicom::guard).
+        let Ok(bytes) = std::fs::read(&path) else {
+            return (None, None);
+        };
+        if crate::dicom::guard::check_lengths(&bytes, bytes.len() as u64 * 4).is_err() {
+            return (None, None);
+        }
         let Ok(obj) = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-            .open_file(&path)
+            .from_reader(&bytes[..])
         else {
             return (None, None);
         };
