@@ -85,6 +85,16 @@ enum Command {
     },
 }
 
+/// Ctrl-C, or SIGTERM (what service managers send).
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAMIZ_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tamiz=info"));
@@ -110,7 +120,8 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("binding {addr}"))?;
                 let server = tamiz::server::start(config, listener).await?;
                 println!("tamiz serving on {}", server.base_url());
-                tokio::signal::ctrl_c().await?;
+                shutdown_signal().await?;
+                tracing::info!("shutting down: finishing jobs in hand");
                 server.stop().await;
                 Ok(())
             })

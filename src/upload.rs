@@ -63,9 +63,12 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 
 /// The SOP Instance UID of a file, read from its header only.
 fn sop_uid(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    crate::dicom::guard::check_lengths(&bytes, bytes.len() as u64 * 4)
+        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
-        .open_file(path)
+        .from_reader(&bytes[..])
         .map_err(|e| format!("not a readable DICOM file: {e}"))?;
     let uid = obj
         .get(tags::SOP_INSTANCE_UID)
