@@ -19,7 +19,8 @@
 //! - [`worker`]: lease → fetch → decode → infer → route → finish.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator).
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
-//! - [`upload`], [`demo`], [`evaluate`]: the other subcommands.
+//! - [`upload`], [`demo`], [`evaluate`], [`dataset`]: the other subcommands
+//!   (`dataset` also writes `synth` output and training tensors).
 //! - [`parallel`]: order-keeping parallel map for CPU-bound work.
 //! - [`synth`]: synthetic mammograms with known ground truth (demo, tests, training).
 

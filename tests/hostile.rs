@@ -103,15 +103,7 @@ async fn damaged_instances_are_answered_and_never_half_stored() {
         .find(|p| p.ends_with("1.2.3.1.1.dcm"))
         .unwrap();
     assert_eq!(std::fs::read(original).unwrap(), base);
-    assert_eq!(
-        t.http
-            .get(format!("{}/healthz", t.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(t.healthz().await, 200);
     t.stop().await;
 }
 
@@ -150,14 +142,6 @@ async fn garbage_bodies_get_a_400_and_the_server_stays_up() {
         assert!(json.is_object(), "round {round}: {json}");
     }
     assert!(t.stored_objects().is_empty());
-    assert_eq!(
-        t.http
-            .get(format!("{}/healthz", t.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(t.healthz().await, 200);
     t.stop().await;
 }

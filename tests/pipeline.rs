@@ -125,10 +125,7 @@ async fn undecodable_pixels_yield_an_untriaged_worklist_item() {
     );
     // the worker survived: another study is still triaged
     let q = plan(34, false);
-    let parts: Vec<Vec<u8>> = study_files(&t.dir.path().join("in2"), &q)
-        .into_iter()
-        .map(|f| f.1)
-        .collect();
+    let parts = study_parts(&t.dir.path().join("in2"), &q);
     assert_eq!(t.stow("/dicomweb/studies", &parts, None).await.0, 200);
     assert!(
         t.wait_worklisted(&q.study_uid)
@@ -145,10 +142,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let p = plan(35, true);
-    let parts: Vec<Vec<u8>> = study_files(&dir.path().join("in"), &p)
-        .into_iter()
-        .map(|f| f.1)
-        .collect();
+    let parts = study_parts(&dir.path().join("in"), &p);
     // An API-only node takes the upload; a worker leases the job and "dies".
     let mut cfg = test_config(&data);
     cfg.worker.concurrency = 0;

