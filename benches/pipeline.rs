@@ -115,7 +115,7 @@ fn main() -> anyhow::Result<()> {
             store: store.clone(),
             config: config.clone(),
             model_version: model.card.version_key(),
-            upload_dir: dir.path().to_owned(),
+            spool: tamiz::spool::Spool::open(dir.path().join("spool"), &config.limits)?,
         };
         for s in 0..studies {
             for (v, (_, _, obj)) in objects.iter().enumerate() {

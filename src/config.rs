@@ -63,6 +63,34 @@ pub struct Limits {
     pub max_request_bytes: u64,
     pub max_rows: u32,
     pub max_columns: u32,
+    /// Deepest sequence nesting accepted (checked before parsing: dicom-rs recurses
+    /// per level and overflows a thread's stack at about 1,800).
+    pub max_nesting_depth: usize,
+    /// Upload requests processed at once; more are answered 503 with Retry-After.
+    pub max_concurrent_uploads: usize,
+    /// Bytes spooled across all uploads in progress; beyond it, 503 with Retry-After.
+    pub max_upload_bytes_in_flight: u64,
+    /// Longest multipart preamble or part header block (a body without its boundary
+    /// is refused after this many bytes instead of being buffered whole).
+    pub max_multipart_header_bytes: usize,
+    /// Open HTTP connections; more are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time (also the keep-alive
+    /// idle timeout).
+    pub header_timeout_secs: u64,
+    /// A request body that sends nothing for this long is refused (408).
+    pub body_idle_timeout_secs: u64,
+}
+
+impl Limits {
+    /// The bounds of the structural walk: a Deflated data set inflates to at most one
+    /// instance's worth of bytes.
+    pub fn guard(&self) -> crate::dicom::guard::GuardLimits {
+        crate::dicom::guard::GuardLimits {
+            max_depth: self.max_nesting_depth,
+            max_inflated: self.max_instance_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +219,13 @@ impl Default for Limits {
             max_request_bytes: 4 << 30,
             max_rows: 8192,
             max_columns: 8192,
+            max_nesting_depth: 64,
+            max_concurrent_uploads: 16,
+            max_upload_bytes_in_flight: 2 << 30,
+            max_multipart_header_bytes: 64 << 10,
+            max_connections: 1024,
+            header_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
         }
     }
 }
@@ -320,6 +355,31 @@ impl Config {
                     ));
                 }
             }
+        }
+        let l = &self.limits;
+        if l.max_nesting_depth == 0 || l.max_nesting_depth > 256 {
+            // dicom-rs recurses once per level: deeper risks the parser's stack.
+            return bad("limits.max_nesting_depth must be 1..=256".into());
+        }
+        if l.max_concurrent_uploads == 0 || l.max_connections == 0 {
+            return bad(
+                "limits.max_concurrent_uploads and limits.max_connections must be at least 1"
+                    .into(),
+            );
+        }
+        if l.max_upload_bytes_in_flight < l.max_instance_bytes {
+            return bad(
+                "limits.max_upload_bytes_in_flight must be at least limits.max_instance_bytes"
+                    .into(),
+            );
+        }
+        if l.header_timeout_secs == 0 || l.body_idle_timeout_secs == 0 {
+            return bad(
+                "limits.header_timeout_secs and limits.body_idle_timeout_secs must be > 0".into(),
+            );
+        }
+        if l.max_multipart_header_bytes < 1024 {
+            return bad("limits.max_multipart_header_bytes must be at least 1024".into());
         }
         if self.worker.max_attempts == 0 {
             return bad("worker.max_attempts must be at least 1".into());

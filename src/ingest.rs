@@ -6,16 +6,16 @@
 //! catalogued instance has its bytes); never overwrite an object (a crash between the
 //! two steps leaves an uncatalogued object, which the next identical upload adopts).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{Catalog, CatalogError, InsertOutcome};
 use crate::config::Config;
-use crate::dicom::meta::extract;
 use crate::dicom::{InstanceMeta, InvalidInstance};
 use crate::routing::identify_imaging_center;
+use crate::spool::Spool;
 use crate::storage::{instance_key, ObjectStore, PutOutcome, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,31 @@ pub enum IngestError {
     Io(#[from] std::io::Error),
 }
 
+impl IngestError {
+    /// The sender did nothing wrong: the same bytes may succeed later (storage,
+    /// catalog or local I/O trouble on the server's side).
+    pub fn is_temporary(&self) -> bool {
+        !matches!(self, IngestError::Invalid(_) | IngestError::Conflict { .. })
+    }
+
+    /// The server's disk (or quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            IngestError::Io(e) | IngestError::Store(StoreError::Io { source: e, .. }) => {
+                is_disk_full(e)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28) | Some(122))
+}
+
 /// What happened to an accepted instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
@@ -53,8 +78,8 @@ pub struct Ingest {
     pub config: Arc<Config>,
     /// Model card `name@version`: ready studies get one job for it.
     pub model_version: String,
-    /// Where uploads are streamed before validation.
-    pub upload_dir: PathBuf,
+    /// Where uploads are streamed before validation, and the bounds on them.
+    pub spool: Spool,
 }
 
 impl Ingest {
@@ -69,9 +94,20 @@ impl Ingest {
     ) -> Result<(InstanceMeta, Accepted), IngestError> {
         let limits = self.config.limits.clone();
         let p = path.to_owned();
-        let (meta, sha256, size) = tokio::task::spawn_blocking(move || parse_and_hash(&p, &limits))
-            .await
-            .map_err(|e| IngestError::Io(std::io::Error::other(e)))??;
+        let (meta, sha256, size) =
+            match tokio::task::spawn_blocking(move || parse_and_hash(&p, &limits)).await {
+                Ok(r) => r?,
+                // A panic while reading the file is a parser bug that these bytes trigger:
+                // retrying them cannot help, so it is a refusal, not "retry later".
+                Err(e) if e.is_panic() => {
+                    tracing::error!(study = ?expected_study, "parsing an upload panicked");
+                    return Err(InvalidInstance::NotDicom(
+                        "the file could not be parsed (internal parser failure, logged)".into(),
+                    )
+                    .into());
+                }
+                Err(e) => return Err(IngestError::Io(std::io::Error::other(e))),
+            };
         if let Some(expected) = expected_study {
             if expected != meta.study_uid {
                 return Err(InvalidInstance::WrongStudy {
@@ -92,7 +128,8 @@ impl Ingest {
             None => {}
         }
         let key = instance_key(&meta.study_uid, &meta.series_uid, &meta.sop_instance_uid);
-        if self.store.put_file_if_absent(&key, path).await? == PutOutcome::AlreadyExists {
+        let created = self.store.put_file_if_absent(&key, path).await? == PutOutcome::Created;
+        if !created {
             // An uncatalogued object: left by a crash after the write (adopt it if it
             // is the same bytes) or by a concurrent upload of different bytes.
             let stored = self.store.get(&key).await?;
@@ -123,28 +160,51 @@ impl Ingest {
                 Ok((meta, Accepted::Stored))
             }
             InsertOutcome::Duplicate => Ok((meta, Accepted::AlreadyStored)),
-            InsertOutcome::Conflict { .. } => Err(conflict()),
+            InsertOutcome::Conflict { .. } => {
+                // A concurrent upload catalogued this SOP Instance UID first (under
+                // another study, or with other bytes) after our check above. The object
+                // we just created is referenced by nothing: remove it, never leave an
+                // orphan. An object we adopted was not ours to remove.
+                if created {
+                    if let Err(e) = self.store.delete(&key).await {
+                        tracing::warn!(error = %e, study = %meta.study_uid, sop = %meta.sop_instance_uid, "removing the object of a lost race failed");
+                    }
+                }
+                Err(conflict())
+            }
         }
     }
 }
 
-/// Reads the file, checks its structure (declared lengths within the file, see
-/// [`crate::dicom::guard`]), parses it whole (a truncated file fails here, not in a
-/// worker later), validates it, and hashes its bytes.
+/// Checks the file as a stream ([`crate::dicom::inspect`]: structure, attributes,
+/// Pixel Data layout; memory stays constant whatever the file declares), then hashes
+/// its bytes.
 fn parse_and_hash(
     path: &Path,
     limits: &crate::config::Limits,
 ) -> Result<(InstanceMeta, String, u64), IngestError> {
-    let bytes = std::fs::read(path)?;
-    crate::dicom::guard::check_lengths(&bytes, limits.max_instance_bytes.saturating_mul(4))?;
-    let obj = dicom_object::OpenFileOptions::new()
-        .from_reader(&bytes[..])
-        .map_err(|e| InvalidInstance::NotDicom(e.to_string()))?;
-    let meta = extract(&obj, limits)?;
-    drop(obj);
-    Ok((
-        meta,
-        hex::encode(Sha256::digest(&bytes)),
-        bytes.len() as u64,
-    ))
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let meta = crate::dicom::inspect(
+        std::io::BufReader::with_capacity(1 << 16, file),
+        size,
+        limits,
+    )?;
+    Ok((meta, sha256_file(path)?, size))
+}
+
+/// Hex SHA-256 of a file, read in chunks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }

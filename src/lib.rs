@@ -10,6 +10,7 @@
 //! - [`dicom`]: structural pre-check, metadata extraction and validation; stored
 //!   samples → display values.
 //! - [`ingest`]: one uploaded instance → object store + catalog.
+//! - [`spool`]: what an upload holds while in flight (admission, temp files, bounds).
 //! - [`storage`]: the `ObjectStore` trait and the local-directory store.
 //! - [`catalog`]: SQL: studies, instances, job queue, worklists, readings, targets.
 //! - [`preprocess`]: display image → model tensor, as the model card says.
@@ -19,6 +20,7 @@
 //! - [`worker`]: lease → fetch → decode → infer → route → finish.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator).
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
+//! - [`http`]: the HTTP listener: connection bound, header timeout, drain.
 //! - [`upload`], [`demo`], [`evaluate`], [`dataset`]: the other subcommands
 //!   (`dataset` also writes `synth` output and training tensors).
 //! - [`parallel`]: order-keeping parallel map for CPU-bound work.
@@ -31,12 +33,14 @@ pub mod dataset;
 pub mod demo;
 pub mod dicom;
 pub mod evaluate;
+pub mod http;
 pub mod ingest;
 pub mod model;
 pub mod parallel;
 pub mod preprocess;
 pub mod routing;
 pub mod server;
+pub mod spool;
 pub mod storage;
 pub mod synth;
 pub mod triage;

@@ -19,6 +19,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::model::{Model, ModelCard};
+use crate::spool::Spool;
 use crate::storage::{FsStore, ObjectStore};
 use crate::worker::{self, WorkerContext};
 
@@ -60,8 +61,8 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         .context("loading centers and targets")?;
     let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(data.join("objects"))?);
     let upload_dir = data.join("uploads");
-    std::fs::create_dir_all(&upload_dir)
-        .with_context(|| format!("creating {}", upload_dir.display()))?;
+    let spool = Spool::open(&upload_dir, &config.limits)
+        .with_context(|| format!("opening the upload spool {}", upload_dir.display()))?;
 
     let (card, _) = ModelCard::load(&config.model.card)?;
     let model_version = card.version_key();
@@ -100,7 +101,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         store,
         config: config.clone(),
         model_version,
-        upload_dir,
+        spool,
     };
     let app = router(AppState {
         ingest,
@@ -108,14 +109,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         config: config.clone(),
     });
     let addr = listener.local_addr()?;
-    let mut http_shutdown = shutdown_rx.clone();
+    let (limits, http_shutdown) = (config.limits.clone(), shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        crate::http::serve(listener, app, &limits, http_shutdown).await;
     }));
     tracing::info!(%addr, data_dir = %data.display(), "tamiz serving");
     Ok(RunningServer {

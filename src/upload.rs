@@ -8,12 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use dicom_dictionary_std::tags;
+use backon::{ExponentialBuilder, Retryable as _};
 use serde_json::Value;
 
 /// Largest batch, in files and in bytes.
 const BATCH_FILES: usize = 16;
 const BATCH_BYTES: u64 = 64 << 20;
+/// Retries of one batch before its files are reported as failed.
+const RETRIES: usize = 6;
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// What happened to one file.
 #[derive(Debug, Clone)]
@@ -61,21 +64,14 @@ pub fn collect_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The SOP Instance UID of a file, read from its header only.
+/// The SOP Instance UID of a file, read from its header only, after the same
+/// structural checks the server makes (a hostile file is reported, never parsed).
 fn sop_uid(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    crate::dicom::guard::check_lengths(&bytes, bytes.len() as u64 * 4)
-        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(&bytes[..])
-        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
-    let uid = obj
-        .get(tags::SOP_INSTANCE_UID)
-        .and_then(|e| e.to_str().ok())
-        .map(|v| crate::dicom::trim_value(&v).to_owned())
-        .ok_or("no SOP Instance UID (0008,0018)")?;
-    Ok(uid)
+    match crate::dicom::read_header_uids(path) {
+        Ok((_, Some(uid))) => Ok(uid),
+        Ok((_, None)) => Err("no valid SOP Instance UID (0008,0018)".into()),
+        Err(e) => Err(format!("not a readable DICOM file: {e}")),
+    }
 }
 
 /// Uploads every file under `paths` to the STOW-RS endpoint of `base_url`.
@@ -146,9 +142,10 @@ pub async fn upload(
     Ok(report)
 }
 
-/// Sends one batch (retrying transport errors and 5xx, which is safe because the
-/// server treats a resent instance as already stored) and maps the response back to
-/// files by SOP Instance UID.
+/// Sends one batch (retrying transport errors, 408 and 5xx with exponential backoff
+/// or the server's Retry-After, which is safe because the server treats a resent
+/// instance as already stored) and maps the response back to files by SOP Instance
+/// UID.
 async fn send_batch(
     client: &reqwest::Client,
     url: &str,
@@ -181,11 +178,7 @@ async fn send_batch(
     let content_type =
         format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
 
-    let mut last_error = String::new();
-    for attempt in 0..3u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-        }
+    let send = || async {
         let mut req = client
             .post(url)
             .header("Content-Type", &content_type)
@@ -193,31 +186,77 @@ async fn send_batch(
         if let Some(c) = center {
             req = req.header(crate::api::CENTER_HEADER, c);
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                last_error = format!("sending to {url}: {e}");
-                continue;
-            }
-        };
+        let resp = req.send().await.map_err(|e| Retryable {
+            message: format!("sending to {url}: {e}"),
+            retry_after: None,
+            response: None,
+        })?;
         let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let text = resp.text().await.unwrap_or_default();
-        if status.is_server_error() {
-            last_error = format!(
-                "server answered {status}: {}",
-                text.chars().take(300).collect::<String>()
-            );
-            continue;
+        if status.is_server_error() || status == reqwest::StatusCode::REQUEST_TIMEOUT {
+            return Err(Retryable {
+                message: format!(
+                    "server answered {status}: {}",
+                    text.chars().take(300).collect::<String>()
+                ),
+                retry_after,
+                response: Some((status, text)),
+            });
         }
-        return map_response(status, &text, batch);
-    }
-    batch
-        .iter()
-        .map(|(p, _, _)| FileResult {
-            path: p.clone(),
-            outcome: Err(last_error.clone()),
+        Ok((status, text))
+    };
+    let result = send
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(MAX_RETRY_DELAY)
+                .with_max_times(RETRIES)
+                .with_jitter(),
+        )
+        // The server's Retry-After (503 busy, 507 disk full) wins over our backoff.
+        .adjust(|e: &Retryable, backoff| {
+            backoff.map(|b| e.retry_after.map_or(b, |r| r.min(MAX_RETRY_DELAY)))
         })
-        .collect()
+        .notify(|e: &Retryable, wait| {
+            tracing::warn!(error = %e.message, ?wait, "batch not stored yet; retrying")
+        })
+        .await;
+    match result {
+        Ok((status, text)) => map_response(status, &text, batch),
+        // Gave up: what the last answer says per file (some may have been stored).
+        Err(Retryable {
+            response: Some((status, text)),
+            ..
+        }) if text.trim_start().starts_with('{') => map_response(status, &text, batch)
+            .into_iter()
+            .map(|mut r| {
+                if let Err(e) = &mut r.outcome {
+                    e.push_str(&format!(" (gave up after {} retries)", RETRIES));
+                }
+                r
+            })
+            .collect(),
+        Err(e) => batch
+            .iter()
+            .map(|(p, _, _)| FileResult {
+                path: p.clone(),
+                outcome: Err(format!("{} (gave up after {} retries)", e.message, RETRIES)),
+            })
+            .collect(),
+    }
+}
+
+/// A batch that may succeed if sent again: a transport error, a 5xx or a 408.
+struct Retryable {
+    message: String,
+    retry_after: Option<Duration>,
+    response: Option<(reqwest::StatusCode, String)>,
 }
 
 fn map_response(

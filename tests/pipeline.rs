@@ -75,8 +75,9 @@ fn monochrome1_is_inverted_to_the_same_input() {
     );
 }
 
-/// An RLE file whose pixel data fragment is garbage but whose structure is valid: it
-/// is accepted at ingest and fails (or panics) in the decoder.
+/// An RLE file whose pixel data fragment is garbage but whose structure (and RLE
+/// header: two segments for 16 bits, in order, inside the fragment) is valid: it is
+/// accepted at ingest and fails (or panics) in the decoder.
 fn corrupt_rle(src: &Path, out: &Path) -> Vec<u8> {
     let rle = out.with_extension("rle.dcm");
     tool(
@@ -85,8 +86,9 @@ fn corrupt_rle(src: &Path, out: &Path) -> Vec<u8> {
     );
     let mut obj = dicom_object::open_file(&rle).unwrap();
     let mut garbage = vec![0u8; 4096];
-    garbage[0] = 1; // one segment...
-    garbage[4..8].copy_from_slice(&64u32.to_le_bytes()); // ...at offset 64, of literal-run noise
+    garbage[0] = 2; // two segments (high and low bytes of 16-bit samples)...
+    garbage[4..8].copy_from_slice(&64u32.to_le_bytes()); // ...at offset 64...
+    garbage[8..12].copy_from_slice(&2048u32.to_le_bytes()); // ...and 2048, of literal-run noise
     for (i, b) in garbage.iter_mut().enumerate().skip(64) {
         *b = (i * 37 % 251) as u8;
     }

@@ -1,11 +1,15 @@
 //! The HTTP API: DICOMweb STOW-RS for imaging centers, JSON for radiologists and
 //! coordinators. One error type maps every failure to a status and a stable JSON body.
 
+mod multipart;
 mod stow;
-pub use stow::CENTER_HEADER;
+pub use multipart::Framing;
+pub use stow::{CENTER_HEADER, RETRY_BUSY_SECS, RETRY_DISK_FULL_SECS, RETRY_TEMPORARY_SECS};
 mod worklist;
 
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,6 +28,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    let body_idle = std::time::Duration::from_secs(state.config.limits.body_idle_timeout_secs);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/dicomweb/studies", post(stow::store_instances))
@@ -42,14 +47,20 @@ pub fn router(state: AppState) -> Router {
             post(worklist::record_reading),
         )
         .route("/api/v1/summary", get(worklist::summary))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn(json_errors))
+        // A body that stalls fails (408 on STOW-RS) instead of holding its slot.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .with_state(state)
 }
 
-/// An error answered to a client: a status and a message that names the problem.
+/// An error answered to a client: a status and a message that names the problem,
+/// and for a temporary refusal how long to wait before retrying.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -57,6 +68,18 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+    /// 503 with Retry-After: the server cannot take this now; the same request may
+    /// succeed later.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(retry_after_secs)
+    }
+    pub fn retry_after(self, secs: u64) -> ApiError {
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..self
         }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -69,8 +92,54 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        r
     }
+}
+
+/// Makes every error body on every route the documented `{"error": "..."}`: axum's
+/// own rejections (a bad path parameter, query or JSON body, an unknown route, a wrong
+/// method) answer `text/plain` or nothing; their text becomes the message.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if is_json {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    // Rejection texts are short; anything longer is cut, not buffered.
+    let text = match axum::body::to_bytes(body, 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        match status {
+            StatusCode::NOT_FOUND => "no such route".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this route".to_owned(),
+            s => s.canonical_reason().unwrap_or("error").to_owned(),
+        }
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for name in [header::RETRY_AFTER, header::ALLOW] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
 }
 
 impl From<CatalogError> for ApiError {

@@ -1,29 +1,44 @@
 //! STOW-RS (PS3.18 §10.5): `POST /dicomweb/studies[/{study}]` with a
 //! `multipart/related; type="application/dicom"` body.
 //!
-//! Each part is streamed to a temporary file while its bytes are counted (clients such
-//! as dicomweb-client send chunked bodies with no Content-Length, so limits count what
+//! Each request is admitted by the [`crate::spool`] (bounded uploads in progress and
+//! bytes in flight); its body is framed and bounded by [`super::multipart`]; each part
+//! is streamed into a spool file while its bytes are counted (clients such as
+//! dicomweb-client send chunked bodies with no Content-Length, so limits count what
 //! arrives), then handed to [`crate::ingest`]. The response is the Store Instances
 //! Response Module in DICOM JSON: Referenced SOP Sequence (0008,1199) for stored
 //! instances, Failed SOP Sequence (0008,1198) with Failure Reason (0008,1197) and a
-//! readable Error Comment (0000,0902) for the others. Status: 200 all stored, 202 some
-//! failed, 409 none stored, 400/413/415 for a request that cannot be read at all.
+//! readable Error Comment (0000,0902) for the others.
+//!
+//! Status: 200 all stored, 202 some refused, 409 none stored; 503 with Retry-After
+//! when any part failed for a temporary server reason and 507 when the server's disk
+//! is full (resending the whole request is safe: stored instances answer "stored"
+//! again); 400/408/413/415 `{"error"}` for a request that cannot be read, 503 when the
+//! server is at its upload bounds.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
 
+use super::multipart::{framed_body, BodyError};
 use super::{ApiError, AppState};
 use crate::dicom::is_valid_uid;
 use crate::ingest::IngestError;
+use crate::spool::{Spool, SpoolError, SpoolFile};
 
 /// Header an uploader uses to say which imaging center it is.
 pub const CENTER_HEADER: &str = "x-tamiz-center";
 const DICOM_JSON: &str = "application/dicom+json";
+/// Retry-After (seconds) when the server is at its upload bounds.
+pub const RETRY_BUSY_SECS: u64 = 5;
+/// Retry-After when a part failed for a temporary server reason.
+pub const RETRY_TEMPORARY_SECS: u64 = 10;
+/// Retry-After when the disk is full (someone must free space first).
+pub const RETRY_DISK_FULL_SECS: u64 = 60;
 
 pub async fn store_instances(
     State(state): State<AppState>,
@@ -45,6 +60,17 @@ pub async fn store_instances_in_study(
     store(state, Some(study), headers, body).await
 }
 
+/// Why a part failed, as far as the sender is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Failure {
+    /// The sender must fix the instance.
+    Refused,
+    /// A server-side problem: the same bytes may succeed later.
+    Temporary,
+    /// The server's disk is full.
+    DiskFull,
+}
+
 /// Result of one part.
 enum PartResult {
     Stored {
@@ -56,7 +82,20 @@ enum PartResult {
         sop: Option<String>,
         reason: u16,
         comment: String,
+        failure: Failure,
     },
+}
+
+impl PartResult {
+    fn refused(reason: u16, comment: String) -> PartResult {
+        PartResult::Failed {
+            sop_class: None,
+            sop: None,
+            reason,
+            comment,
+            failure: Failure::Refused,
+        }
+    }
 }
 
 /// Reads the boundary of a `multipart/related` request whose root type (if given) is
@@ -91,10 +130,73 @@ fn boundary(headers: &HeaderMap) -> Result<String, ApiError> {
             ));
         }
     }
-    mime.get_param(mime::BOUNDARY)
+    let b = mime
+        .get_param(mime::BOUNDARY)
         .map(|b| b.as_str().to_owned())
         .filter(|b| !b.is_empty())
-        .ok_or_else(|| ApiError::bad_request("multipart/related Content-Type without a boundary"))
+        .ok_or_else(|| {
+            ApiError::bad_request("multipart/related Content-Type without a boundary")
+        })?;
+    if b.len() > 70 {
+        return Err(ApiError::bad_request(format!(
+            "multipart boundary is {} characters long (at most 70, RFC 2046 §5.1.1)",
+            b.len()
+        )));
+    }
+    Ok(b)
+}
+
+/// A request-level answer after `results.len()` parts were handled.
+fn after_parts(e: ApiError, results: &[PartResult]) -> Response {
+    let stored = results
+        .iter()
+        .filter(|r| matches!(r, PartResult::Stored { .. }))
+        .count();
+    ApiError {
+        message: format!(
+            "{} (after {} part(s), {stored} stored; resending them is safe)",
+            e.message,
+            results.len()
+        ),
+        ..e
+    }
+    .into_response()
+}
+
+/// The answer for a body that could not be read to its end.
+fn body_failed(e: &multer::Error) -> ApiError {
+    match BodyError::in_multer(e) {
+        Some(b @ BodyError::TooLarge(_)) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, b.to_string())
+        }
+        Some(b @ BodyError::IdleTimeout(_)) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, b.to_string())
+        }
+        Some(b) => ApiError::bad_request(format!("malformed multipart body: {b}")),
+        None => ApiError::bad_request(format!("malformed multipart body: {e}")),
+    }
+}
+
+/// The answer when the spool refused or failed.
+fn spool_failed(e: SpoolError) -> ApiError {
+    match e {
+        SpoolError::Busy(_) => ApiError::unavailable(e.to_string(), RETRY_BUSY_SECS),
+        SpoolError::DiskFull(_) => {
+            tracing::error!(error = %e, "spooling an upload failed: disk full");
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the server's disk is full; nothing was lost, retry later",
+            )
+            .retry_after(RETRY_DISK_FULL_SECS)
+        }
+        SpoolError::Io(_) => {
+            tracing::error!(error = %e, "spooling an upload failed");
+            ApiError::unavailable(
+                "the server could not spool the upload (see server log); retry later",
+                RETRY_TEMPORARY_SECS,
+            )
+        }
+    }
 }
 
 async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body: Body) -> Response {
@@ -102,105 +204,81 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let spool = state.ingest.spool.clone();
+    // Held until the response is built: the bound on uploads in progress.
+    let _admitted = match spool.admit() {
+        Ok(p) => p,
+        Err(e) => return spool_failed(e).into_response(),
+    };
     let declared_center = headers
         .get(CENTER_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let limits = state.config.limits.clone();
-
-    // Count the whole body as it streams; fail the request past the limit.
-    let mut received = 0u64;
-    let stream = body
-        .into_data_stream()
-        .map_err(std::io::Error::other)
-        .and_then(move |chunk| {
-            received += chunk.len() as u64;
-            let over = received > limits.max_request_bytes;
-            async move {
-                if over {
-                    Err(std::io::Error::other(format!(
-                        "request body exceeds {} bytes",
-                        limits.max_request_bytes
-                    )))
-                } else {
-                    Ok(chunk)
-                }
-            }
-        });
+    let limits = &state.config.limits;
+    let stream = framed_body(
+        body,
+        &boundary,
+        limits.max_multipart_header_bytes,
+        limits.max_request_bytes,
+        Duration::from_secs(limits.body_idle_timeout_secs),
+    );
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut results = Vec::new();
     loop {
         let mut field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => {
-                let stored = results
-                    .iter()
-                    .filter(|r| matches!(r, PartResult::Stored { .. }))
-                    .count();
-                let status = if e.to_string().contains("exceeds") {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                return ApiError::new(
-                    status,
-                    format!("malformed multipart body after {} part(s) ({stored} stored; resending them is safe): {e}", results.len()),
-                )
-                .into_response();
-            }
+            Err(e) => return after_parts(body_failed(&e), &results),
         };
         let part_type = field.content_type().map(|m| m.essence_str().to_owned());
         if part_type.as_deref() != Some("application/dicom") {
             // Drain the part so the next one can be read.
-            while let Ok(Some(_)) = field.chunk().await {}
-            results.push(PartResult::Failed {
-                sop_class: None,
-                sop: None,
-                reason: 0xC000,
-                comment: format!(
+            loop {
+                match field.chunk().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return after_parts(body_failed(&e), &results),
+                }
+            }
+            results.push(PartResult::refused(
+                0xC000,
+                format!(
                     "part has Content-Type {}, expected application/dicom",
                     part_type.as_deref().unwrap_or("(none)")
                 ),
-            });
+            ));
             continue;
         }
-        let tmp = state.ingest.upload_dir.join(format!(
-            "upload-{}-{}.dcm",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let written = write_part(&mut field, &tmp, limits.max_instance_bytes).await;
-        let result = match written {
-            Ok(PartWrite::Complete) => {
-                match state
-                    .ingest
-                    .ingest_file(&tmp, study.as_deref(), declared_center.as_deref())
-                    .await
-                {
-                    Ok((meta, _)) => PartResult::Stored {
-                        sop_class: meta.sop_class_uid,
-                        sop: meta.sop_instance_uid,
-                    },
-                    Err(e) => {
-                        let (sop_class, sop) = read_uids(tmp.clone()).await;
-                        failed(e, sop_class, sop)
-                    }
-                }
+        let spooled = match spool_part(&spool, &mut field, limits.max_instance_bytes).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                results.push(PartResult::refused(
+                    0xA700,
+                    format!(
+                        "instance exceeds the limit of {} bytes (limits.max_instance_bytes)",
+                        limits.max_instance_bytes
+                    ),
+                ));
+                continue;
             }
-            Ok(PartWrite::TooLarge(n)) => PartResult::Failed {
-                sop_class: None,
-                sop: None,
-                reason: 0xA700,
-                comment: format!("instance exceeds the limit of {n} bytes"),
+            Err(PartError::Body(e)) => return after_parts(body_failed(&e), &results),
+            Err(PartError::Spool(e)) => return after_parts(spool_failed(e), &results),
+        };
+        let result = match state
+            .ingest
+            .ingest_file(spooled.path(), study.as_deref(), declared_center.as_deref())
+            .await
+        {
+            Ok((meta, _)) => PartResult::Stored {
+                sop_class: meta.sop_class_uid,
+                sop: meta.sop_instance_uid,
             },
             Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return ApiError::bad_request(format!("reading part {}: {e}", results.len() + 1))
-                    .into_response();
+                let (sop_class, sop) = read_uids(spooled.path().to_owned()).await;
+                failed(e, sop_class, sop)
             }
         };
-        let _ = tokio::fs::remove_file(&tmp).await;
+        drop(spooled);
         results.push(result);
     }
     if results.is_empty() {
@@ -210,99 +288,89 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
     respond(results)
 }
 
-enum PartWrite {
-    Complete,
-    TooLarge(u64),
+enum PartError {
+    Body(multer::Error),
+    Spool(SpoolError),
 }
 
-/// Streams one part to `path`. Past `limit` bytes the rest of the part is drained
-/// and discarded so later parts can still be read.
-async fn write_part(
+/// Streams one part into the spool. `Ok(None)`: the part is larger than `limit`; the
+/// rest of it was read and discarded so later parts can still be read.
+async fn spool_part(
+    spool: &Spool,
     field: &mut multer::Field<'_>,
-    path: &std::path::Path,
     limit: u64,
-) -> Result<PartWrite, String> {
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| format!("temporary file: {e}"))?;
+) -> Result<Option<SpoolFile>, PartError> {
+    let mut file = Some(spool.create().await.map_err(PartError::Spool)?);
     let mut n = 0u64;
-    let mut too_large = false;
-    while let Some(chunk) = field.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = field.chunk().await.map_err(PartError::Body)? {
         n += chunk.len() as u64;
         if n > limit {
-            too_large = true;
+            file = None; // removes what was spooled and frees its bytes
             continue;
         }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| format!("temporary file: {e}"))?;
+        if let Some(f) = &mut file {
+            f.write(&chunk).await.map_err(PartError::Spool)?;
+        }
     }
-    file.flush()
-        .await
-        .map_err(|e| format!("temporary file: {e}"))?;
-    Ok(if too_large {
-        PartWrite::TooLarge(limit)
-    } else {
-        PartWrite::Complete
-    })
+    if let Some(f) = &mut file {
+        f.finish().await.map_err(PartError::Spool)?;
+    }
+    Ok(file)
 }
 
 /// SOP Class and Instance UIDs of a refused instance, when it is readable enough to
 /// have them (so the uploader can tell which file failed).
 async fn read_uids(path: std::path::PathBuf) -> (Option<String>, Option<String>) {
-    tokio::task::spawn_blocking(move || {
-        // Structurally broken files are not parsed at all (see dicom::guard).
-        let Ok(bytes) = std::fs::read(&path) else {
-            return (None, None);
-        };
-        if crate::dicom::guard::check_lengths(&bytes, bytes.len() as u64 * 4).is_err() {
-            return (None, None);
-        }
-        let Ok(obj) = dicom_object::OpenFileOptions::new()
-            .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
-            .from_reader(&bytes[..])
-        else {
-            return (None, None);
-        };
-        let get = |tag| {
-            obj.get(tag)
-                .and_then(|e| e.to_str().ok())
-                .map(|v| crate::dicom::trim_value(&v).to_owned())
-                .filter(|v| is_valid_uid(v))
-        };
-        (
-            get(dicom_dictionary_std::tags::SOP_CLASS_UID),
-            get(dicom_dictionary_std::tags::SOP_INSTANCE_UID),
-        )
-    })
-    .await
-    .unwrap_or((None, None))
+    tokio::task::spawn_blocking(move || crate::dicom::header_uids(&path))
+        .await
+        .unwrap_or((None, None))
 }
 
 fn failed(e: IngestError, sop_class: Option<String>, sop: Option<String>) -> PartResult {
-    match e {
-        IngestError::Invalid(inv) => PartResult::Failed {
-            sop_class,
-            sop,
-            reason: inv.failure_reason(),
-            comment: inv.to_string(),
-        },
-        IngestError::Conflict { sop_uid, sop_class_uid } => PartResult::Failed {
-            comment: format!("instance {sop_uid} is already stored with different content; the stored instance was kept"),
-            sop_class: Some(sop_class_uid),
-            sop: Some(sop_uid),
-            reason: 0x0111,
-        },
+    let (reason, comment, failure) = match e {
+        IngestError::Invalid(inv) => (inv.failure_reason(), inv.to_string(), Failure::Refused),
+        IngestError::Conflict {
+            sop_uid,
+            sop_class_uid,
+        } => {
+            return PartResult::Failed {
+                comment: format!("instance {sop_uid} is already stored with different content; the stored instance was kept"),
+                sop_class: Some(sop_class_uid),
+                sop: Some(sop_uid),
+                reason: 0x0111,
+                failure: Failure::Refused,
+            }
+        }
+        other if other.is_disk_full() => {
+            tracing::error!(error = %other, "storing an instance failed: disk full");
+            (
+                0x0110,
+                "the server's disk is full; nothing was lost, retry later".into(),
+                Failure::DiskFull,
+            )
+        }
         other => {
             tracing::error!(error = %other, "storing an instance failed");
-            PartResult::Failed { sop_class, sop, reason: 0x0110, comment: "processing failure (see server log); retry later".into() }
+            (
+                0x0110,
+                "temporary server failure (see server log); retry later".into(),
+                Failure::Temporary,
+            )
         }
+    };
+    PartResult::Failed {
+        sop_class,
+        sop,
+        reason,
+        comment,
+        failure,
     }
 }
 
 fn respond(results: Vec<PartResult>) -> Response {
     let mut referenced = Vec::new();
     let mut failures = Vec::new();
+    let mut worst = Failure::Refused;
     for r in results {
         match r {
             PartResult::Stored { sop_class, sop } => referenced.push(json!({
@@ -314,7 +382,9 @@ fn respond(results: Vec<PartResult>) -> Response {
                 sop,
                 reason,
                 comment,
+                failure,
             } => {
+                worst = worst.max(failure);
                 let mut item = serde_json::Map::new();
                 if let Some(c) = sop_class {
                     item.insert("00081150".into(), json!({ "vr": "UI", "Value": [c] }));
@@ -328,10 +398,12 @@ fn respond(results: Vec<PartResult>) -> Response {
             }
         }
     }
-    let status = match (referenced.is_empty(), failures.is_empty()) {
-        (false, true) => StatusCode::OK,
-        (false, false) => StatusCode::ACCEPTED,
-        (true, _) => StatusCode::CONFLICT,
+    let (status, retry_after) = match (worst, referenced.is_empty(), failures.is_empty()) {
+        (Failure::DiskFull, _, _) => (StatusCode::INSUFFICIENT_STORAGE, Some(RETRY_DISK_FULL_SECS)),
+        (Failure::Temporary, _, _) => (StatusCode::SERVICE_UNAVAILABLE, Some(RETRY_TEMPORARY_SECS)),
+        (_, false, true) => (StatusCode::OK, None),
+        (_, false, false) => (StatusCode::ACCEPTED, None),
+        (_, true, _) => (StatusCode::CONFLICT, None),
     };
     let mut body = serde_json::Map::new();
     if !referenced.is_empty() {
@@ -343,10 +415,16 @@ fn respond(results: Vec<PartResult>) -> Response {
     if !failures.is_empty() {
         body.insert("00081198".into(), json!({ "vr": "SQ", "Value": failures }));
     }
-    (
+    let mut response = (
         status,
         [(header::CONTENT_TYPE, DICOM_JSON)],
         Value::Object(body).to_string(),
     )
-        .into_response()
+        .into_response();
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
+    response
 }

@@ -1,10 +1,23 @@
-//! A structural pre-check of an uploaded file, run before dicom-rs parses it.
+//! A structural pre-check of an uploaded file, run before dicom-rs parses any of it.
 //!
-//! dicom-rs reserves and zero-fills a buffer of an element's declared length before
-//! reading it, so a few hundred hostile bytes declaring a 2 GiB element cost seconds
-//! of CPU and gigabytes of memory. This walk reads only element headers (PS3.5 §7.1)
-//! and refuses any element, item or fragment whose declared length exceeds the bytes
-//! that remain, so the parser only ever allocates what the file really holds.
+//! dicom-rs trusts the file: it zero-fills a buffer of an element's declared length
+//! before reading it (a few hundred bytes declaring 2 GiB cost seconds and gigabytes),
+//! it recurses once per nested sequence (about 1,800 levels overflow a thread's stack
+//! and abort the whole process, which no `catch_unwind` can stop), and it inflates a
+//! Deflated data set without a cap. This walk reads element headers only (PS3.5 §7.1)
+//! from a stream, with constant memory and no recursion, and refuses:
+//! - a declared length beyond the bytes that remain (or, Deflated, beyond the inflated
+//!   size cap), an unknown VR, an undefined length where PS3.5 §7.1.3 allows none;
+//! - sequences nested deeper than the configured depth;
+//! - a Deflated data set (PS3.5 §10) that inflates past the instance limit: it is
+//!   inflated as a stream and counted, never held in memory;
+//! - delimiters and items out of place, and encapsulated Pixel Data (PS3.5 §A.4) whose
+//!   fragment table is not a Basic Offset Table followed by fragments.
+//!
+//! What it learns about the top-level Pixel Data is returned in [`Structure`] so that
+//! ingest can check it against Rows × Columns × Bits once the attributes are read.
+
+use std::io::{self, BufRead, Read};
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};
@@ -12,24 +25,61 @@ use dicom_dictionary_std::StandardDataDictionary;
 
 use super::InvalidInstance;
 
-const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
-const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
-const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+pub const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
+const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
 const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+const TRANSFER_SYNTAX: Tag = Tag(0x0002, 0x0010);
+/// More fragments than any single-frame image is stored in; the fragment and offset
+/// lists are kept, so their length is bounded too.
+pub const MAX_FRAGMENTS: usize = 1 << 16;
+/// Bytes of the first fragment kept for codec header checks (the RLE header is 64).
+const FRAGMENT_HEAD: usize = 64;
+
+/// How deep nesting, how large an inflated data set may be.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardLimits {
+    /// Most sequences open at once (a sequence inside an item of a sequence is 2).
+    pub max_depth: usize,
+    /// Largest data set after inflating a Deflated transfer syntax.
+    pub max_inflated: u64,
+}
+
+/// What the walk found, for checks that need attribute values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Structure {
+    pub transfer_syntax: String,
+    /// Deepest sequence nesting seen.
+    pub depth: usize,
+    /// The top-level Pixel Data (7FE0,0010), if the data set has one.
+    pub pixel_data: Option<PixelLayout>,
+}
+
+/// How the top-level Pixel Data is stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PixelLayout {
+    /// Native: the value length in bytes.
+    Native { bytes: u64 },
+    /// Encapsulated (PS3.5 §A.4): the Basic Offset Table, the fragment lengths, and
+    /// the first bytes of the first fragment (codec headers live there).
+    Encapsulated {
+        offsets: Vec<u32>,
+        fragments: Vec<u64>,
+        head: Vec<u8>,
+    },
+}
 
 fn bad(msg: String) -> InvalidInstance {
     InvalidInstance::NotDicom(msg)
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+fn tag_name(tag: Tag) -> String {
+    format!("({:04X},{:04X})", tag.0, tag.1)
 }
 
 /// VRs whose explicit header has 2 reserved bytes and a 32-bit length (PS3.5 §7.1.2).
@@ -52,29 +102,208 @@ fn long_vr(vr: [u8; 2]) -> bool {
     )
 }
 
-/// Checks every declared length of the file in `bytes` (preamble included) and, for a
-/// Deflated data set, of its inflated form, inflating at most `max_inflated` bytes.
-pub fn check_lengths(bytes: &[u8], max_inflated: u64) -> Result<(), InvalidInstance> {
-    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+/// Every VR of PS3.5 §6.2. Parsers disagree on how to read an unknown one, so the
+/// file is refused instead.
+fn known_vr(vr: [u8; 2]) -> bool {
+    long_vr(vr)
+        || matches!(
+            &vr,
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
+        )
+}
+
+/// A byte stream with its position, the bytes known to remain (a file) or a cap on
+/// how many may be read (an inflating stream), and cheap skipping.
+struct Input<R> {
+    r: R,
+    pos: u64,
+    /// Total length when known up front (a file); `None` for an inflating stream.
+    total: Option<u64>,
+    /// Most bytes the stream may produce (inflated-size cap).
+    cap: u64,
+    inflated: bool,
+}
+
+impl<R: BufRead> Input<R> {
+    fn remaining(&self) -> Option<u64> {
+        self.total.map(|t| t.saturating_sub(self.pos))
+    }
+
+    fn io(&self, e: io::Error) -> InvalidInstance {
+        if self.inflated {
+            bad(format!("Deflated data set does not inflate: {e}"))
+        } else {
+            bad(format!("reading the file: {e}"))
+        }
+    }
+
+    /// Reads up to `buf.len()` bytes; fewer only at the end of the data.
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, InvalidInstance> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io(e)),
+            }
+        }
+        self.pos += n as u64;
+        self.check_cap()?;
+        Ok(n)
+    }
+
+    fn check_cap(&self) -> Result<(), InvalidInstance> {
+        if self.pos > self.cap {
+            return Err(bad(format!(
+                "Deflated data set inflates beyond {} bytes (the instance size limit)",
+                self.cap
+            )));
+        }
+        Ok(())
+    }
+
+    fn peek_u16(&mut self) -> Result<Option<u16>, InvalidInstance> {
+        match self.r.fill_buf() {
+            Ok(b) if b.len() >= 2 => Ok(Some(u16::from_le_bytes([b[0], b[1]]))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Skips the value of `tag`, `len` bytes, refusing a length beyond the data.
+    fn skip(&mut self, tag: Tag, len: u64) -> Result<(), InvalidInstance> {
+        if let Some(rem) = self.remaining() {
+            if len > rem {
+                return Err(declares_too_much(tag, len, rem));
+            }
+        }
+        let start = self.pos;
+        let copied =
+            io::copy(&mut (&mut self.r).take(len), &mut io::sink()).map_err(|e| self.io(e))?;
+        self.pos += copied;
+        self.check_cap()?;
+        if copied < len {
+            return Err(declares_too_much(tag, len, self.pos - start));
+        }
+        Ok(())
+    }
+}
+
+fn declares_too_much(tag: Tag, len: u64, remain: u64) -> InvalidInstance {
+    bad(format!(
+        "element {} declares {len} bytes but only {remain} remain (truncated or corrupt file)",
+        tag_name(tag)
+    ))
+}
+
+/// One element header.
+struct Header {
+    tag: Tag,
+    /// The explicit VR, when the encoding has one (items and delimiters have none).
+    vr: Option<[u8; 2]>,
+    len: u32,
+}
+
+/// Reads the next header; `Ok(None)` at the clean end of the data.
+fn read_header<R: BufRead>(
+    input: &mut Input<R>,
+    explicit: bool,
+) -> Result<Option<Header>, InvalidInstance> {
+    let mut h = [0u8; 8];
+    let n = input.read_some(&mut h)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < 8 {
+        return Err(bad(format!(
+            "{n} stray bytes after the last element (truncated file)"
+        )));
+    }
+    let tag = Tag(
+        u16::from_le_bytes([h[0], h[1]]),
+        u16::from_le_bytes([h[2], h[3]]),
+    );
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    if tag.0 == 0xFFFE || !explicit {
+        return Ok(Some(Header {
+            tag,
+            vr: None,
+            len: u32_at(&h, 4),
+        }));
+    }
+    let vr = [h[4], h[5]];
+    if !known_vr(vr) {
+        return Err(bad(format!(
+            "element {} has an unknown VR `{}`",
+            tag_name(tag),
+            String::from_utf8_lossy(&vr).escape_default()
+        )));
+    }
+    if long_vr(vr) {
+        let mut l = [0u8; 4];
+        if input.read_some(&mut l)? < 4 {
+            return Err(bad(format!(
+                "element {} header is cut off (truncated file)",
+                tag_name(tag)
+            )));
+        }
+        Ok(Some(Header {
+            tag,
+            vr: Some(vr),
+            len: u32::from_le_bytes(l),
+        }))
+    } else {
+        Ok(Some(Header {
+            tag,
+            vr: Some(vr),
+            len: u16::from_le_bytes([h[6], h[7]]) as u32,
+        }))
+    }
+}
+
+/// Checks a whole file: preamble, file meta group, then the data set (inflated as a
+/// stream if Deflated). `total` is the file's length when known.
+pub fn check<R: BufRead>(
+    mut r: R,
+    total: Option<u64>,
+    limits: GuardLimits,
+) -> Result<Structure, InvalidInstance> {
+    let mut preamble = [0u8; 132];
+    let mut input = Input {
+        r: &mut r,
+        pos: 0,
+        total,
+        cap: u64::MAX,
+        inflated: false,
+    };
+    if input.read_some(&mut preamble)? < 132 || &preamble[128..] != b"DICM" {
         return Err(bad(
             "no DICOM preamble and \"DICM\" marker (PS3.10 §7.1)".into()
         ));
     }
-    // File meta group: explicit VR little endian, group 0002 only.
-    let mut pos = 132;
-    let mut ts = String::new();
-    while pos + 8 <= bytes.len() && u16_at(bytes, pos) == 0x0002 {
-        let (tag, len, header) = explicit_header(bytes, pos)?;
-        let start = pos + header;
-        check_fits(bytes, tag, start, len)?;
-        if tag == Tag(0x0002, 0x0010) {
-            ts = String::from_utf8_lossy(&bytes[start..start + len as usize])
-                .trim_end_matches(['\0', ' '])
-                .to_owned();
-        }
-        pos = start + len as usize;
-    }
-    let data = &bytes[pos..];
+    let ts = read_file_meta(&mut input)?;
+    let after_meta = input.pos;
     match ts.as_str() {
         "" => Err(bad(
             "file meta group has no Transfer Syntax UID (0002,0010)".into(),
@@ -82,157 +311,315 @@ pub fn check_lengths(bytes: &[u8], max_inflated: u64) -> Result<(), InvalidInsta
         EXPLICIT_VR_BE => Err(bad(
             "Explicit VR Big Endian is retired and not accepted".into()
         )),
-        IMPLICIT_VR_LE => walk(data, false),
         DEFLATED => {
-            use std::io::Read;
-            let mut inflated = Vec::new();
-            flate2::read::DeflateDecoder::new(data)
-                .take(max_inflated + 1)
-                .read_to_end(&mut inflated)
-                .map_err(|e| bad(format!("Deflated data set does not inflate: {e}")))?;
-            if inflated.len() as u64 > max_inflated {
+            let inflater =
+                io::BufReader::with_capacity(1 << 16, flate2::bufread::DeflateDecoder::new(&mut r));
+            let mut input = Input {
+                r: inflater,
+                pos: 0,
+                total: None,
+                cap: limits.max_inflated,
+                inflated: true,
+            };
+            walk(&mut input, true, ts, limits)
+        }
+        _ => {
+            let explicit = ts != IMPLICIT_VR_LE;
+            let mut input = Input {
+                r: &mut r,
+                pos: after_meta,
+                total,
+                cap: u64::MAX,
+                inflated: false,
+            };
+            walk(&mut input, explicit, ts, limits)
+        }
+    }
+}
+
+/// [`check`] of a file in memory (the upload client, fuzzing, tests).
+pub fn check_bytes(bytes: &[u8], limits: GuardLimits) -> Result<Structure, InvalidInstance> {
+    check(bytes, Some(bytes.len() as u64), limits)
+}
+
+/// Reads the file meta group (explicit VR little endian, group 0002; PS3.10 §7.1) and
+/// returns its Transfer Syntax UID.
+fn read_file_meta<R: BufRead>(input: &mut Input<R>) -> Result<String, InvalidInstance> {
+    let mut ts = String::new();
+    while input.peek_u16()? == Some(0x0002) {
+        let Some(h) = read_header(input, true)? else {
+            break;
+        };
+        if h.len == UNDEFINED || h.vr == Some(*b"SQ") || h.vr.is_none() {
+            return Err(bad(format!(
+                "file meta element {} has an undefined length or is a sequence (PS3.10 §7.1 allows neither)",
+                tag_name(h.tag)
+            )));
+        }
+        if h.tag == TRANSFER_SYNTAX {
+            if h.len > 64 {
                 return Err(bad(format!(
-                    "Deflated data set inflates beyond {max_inflated} bytes"
+                    "Transfer Syntax UID (0002,0010) is {} bytes long (at most 64)",
+                    h.len
                 )));
             }
-            walk(&inflated, true)
-        }
-        _ => walk(data, true),
-    }
-}
-
-fn check_fits(b: &[u8], tag: Tag, start: usize, len: u32) -> Result<(), InvalidInstance> {
-    if len != UNDEFINED && start as u64 + len as u64 > b.len() as u64 {
-        return Err(bad(format!(
-            "element ({:04X},{:04X}) declares {len} bytes but only {} remain (truncated or corrupt file)",
-            tag.0,
-            tag.1,
-            b.len().saturating_sub(start)
-        )));
-    }
-    Ok(())
-}
-
-/// Every VR of PS3.5 §6.2. Parsers disagree on how to read an unknown one, so the
-/// file is refused instead.
-fn known_vr(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"AE"
-            | b"AS"
-            | b"AT"
-            | b"CS"
-            | b"DA"
-            | b"DS"
-            | b"DT"
-            | b"FL"
-            | b"FD"
-            | b"IS"
-            | b"LO"
-            | b"LT"
-            | b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"PN"
-            | b"SH"
-            | b"SL"
-            | b"SQ"
-            | b"SS"
-            | b"ST"
-            | b"SV"
-            | b"TM"
-            | b"UC"
-            | b"UI"
-            | b"UL"
-            | b"UN"
-            | b"UR"
-            | b"US"
-            | b"UT"
-            | b"UV"
-    )
-}
-
-/// Reads an explicit-VR element header at `pos`: tag, length, header size.
-fn explicit_header(b: &[u8], pos: usize) -> Result<(Tag, u32, usize), InvalidInstance> {
-    let tag = Tag(u16_at(b, pos), u16_at(b, pos + 2));
-    if tag.0 == 0xFFFE {
-        return Ok((tag, u32_at(b, pos + 4), 8));
-    }
-    let vr = [b[pos + 4], b[pos + 5]];
-    if !known_vr(vr) {
-        return Err(bad(format!(
-            "element ({:04X},{:04X}) has an unknown VR `{}`",
-            tag.0,
-            tag.1,
-            String::from_utf8_lossy(&vr).escape_default()
-        )));
-    }
-    if long_vr(vr) {
-        if pos + 12 > b.len() {
-            return Err(bad(format!(
-                "element ({:04X},{:04X}) header is cut off",
-                tag.0, tag.1
-            )));
-        }
-        Ok((tag, u32_at(b, pos + 8), 12))
-    } else {
-        Ok((tag, u16_at(b, pos + 6) as u32, 8))
-    }
-}
-
-/// Walks a data set's element headers. Sequences and items are entered (their
-/// contents are elements); fragments of encapsulated Pixel Data are skipped.
-fn walk(b: &[u8], explicit: bool) -> Result<(), InvalidInstance> {
-    let dict = StandardDataDictionary;
-    let mut pos = 0usize;
-    let mut in_fragments = false;
-    while pos < b.len() {
-        if pos + 8 > b.len() {
-            return Err(bad(format!(
-                "{} stray bytes after the last element",
-                b.len() - pos
-            )));
-        }
-        let (tag, len, header) = if explicit {
-            explicit_header(b, pos)?
+            let mut v = vec![0u8; h.len as usize];
+            if input.read_some(&mut v)? < v.len() {
+                return Err(declares_too_much(h.tag, h.len as u64, 0));
+            }
+            ts = String::from_utf8_lossy(&v)
+                .trim_end_matches(['\0', ' '])
+                .to_owned();
         } else {
-            (
-                Tag(u16_at(b, pos), u16_at(b, pos + 2)),
-                u32_at(b, pos + 4),
-                8,
-            )
-        };
-        let start = pos + header;
-        check_fits(b, tag, start, len)?;
-        pos = start;
-        if tag == SEQUENCE_END {
-            in_fragments = false;
-            continue;
-        }
-        if len == UNDEFINED {
-            // Undefined-length sequence, item or encapsulated Pixel Data: contents follow.
-            in_fragments |= tag == PIXEL_DATA;
-            continue;
-        }
-        let is_sequence = tag == ITEM && !in_fragments
-            || (!explicit
-                && dict
-                    .by_tag(tag)
-                    .is_some_and(|e| e.vr().exact() == Some(VR::SQ)))
-            || (explicit && header == 12 && &b[pos - 8..pos - 6] == b"SQ");
-        if !is_sequence {
-            pos += len as usize; // a value, or a pixel data fragment: skip it
+            input.skip(h.tag, h.len as u64)?;
         }
     }
-    Ok(())
+    Ok(ts)
+}
+
+/// An open container while walking.
+enum Open {
+    /// A sequence; `end` is its end offset when its length is defined.
+    Sequence {
+        end: Option<u64>,
+    },
+    Item {
+        end: Option<u64>,
+    },
+    /// Encapsulated top-level Pixel Data (its items are fragments).
+    Fragments {
+        top_level: bool,
+    },
+}
+
+impl Open {
+    fn end(&self) -> Option<u64> {
+        match self {
+            Open::Sequence { end } | Open::Item { end } => *end,
+            Open::Fragments { .. } => None,
+        }
+    }
+}
+
+/// Walks a data set's element headers with an explicit stack instead of recursion.
+fn walk<R: BufRead>(
+    input: &mut Input<R>,
+    explicit: bool,
+    transfer_syntax: String,
+    limits: GuardLimits,
+) -> Result<Structure, InvalidInstance> {
+    let dict = StandardDataDictionary;
+    let mut stack: Vec<Open> = Vec::new();
+    let mut depth = 0usize;
+    let mut max_depth_seen = 0usize;
+    let mut pixel_data = None;
+    // Fragments of the top-level encapsulated Pixel Data, as they are read.
+    let mut offsets: Option<Vec<u32>> = None;
+    let mut fragments: Vec<u64> = Vec::new();
+    let mut head: Vec<u8> = Vec::new();
+    loop {
+        // Close every defined-length container that ends here.
+        while let Some(end) = stack.last().and_then(Open::end) {
+            if input.pos < end {
+                break;
+            }
+            if input.pos > end {
+                return Err(bad(format!(
+                    "an item or sequence ends at byte {end} but its contents run to byte {}",
+                    input.pos
+                )));
+            }
+            if matches!(stack.pop(), Some(Open::Sequence { .. })) {
+                depth -= 1;
+            }
+        }
+        let Some(h) = read_header(input, explicit)? else {
+            if stack.is_empty() {
+                break;
+            }
+            return Err(bad(
+                "the data set ends inside a sequence, item or Pixel Data (truncated file)".into(),
+            ));
+        };
+        let defined = h.len != UNDEFINED;
+        let end_of = |input: &Input<R>| defined.then(|| input.pos + h.len as u64);
+        if let (Some(rem), true) = (input.remaining(), defined) {
+            if h.len as u64 > rem {
+                return Err(declares_too_much(h.tag, h.len as u64, rem));
+            }
+        }
+        match (h.tag, stack.last()) {
+            (ITEM, Some(Open::Fragments { top_level })) => {
+                let top_level = *top_level;
+                if !defined {
+                    return Err(bad(
+                        "a Pixel Data fragment has an undefined length (PS3.5 §A.4)".into(),
+                    ));
+                }
+                if !top_level {
+                    input.skip(h.tag, h.len as u64)?;
+                    continue;
+                }
+                if offsets.is_none() {
+                    if h.len % 4 != 0 {
+                        return Err(bad(format!(
+                            "the Basic Offset Table of Pixel Data is {} bytes, not a multiple of 4 (PS3.5 §A.4)",
+                            h.len
+                        )));
+                    }
+                    let n = h.len as usize / 4;
+                    if n > MAX_FRAGMENTS {
+                        return Err(bad(format!(
+                            "the Basic Offset Table of Pixel Data lists {n} frames (at most {MAX_FRAGMENTS})"
+                        )));
+                    }
+                    let mut table = vec![0u8; n * 4];
+                    if input.read_some(&mut table)? < table.len() {
+                        return Err(declares_too_much(h.tag, h.len as u64, 0));
+                    }
+                    offsets = Some(
+                        table
+                            .chunks_exact(4)
+                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                    );
+                } else {
+                    if fragments.len() >= MAX_FRAGMENTS {
+                        return Err(bad(format!(
+                            "Pixel Data has more than {MAX_FRAGMENTS} fragments"
+                        )));
+                    }
+                    let mut rest = h.len as u64;
+                    if fragments.is_empty() {
+                        head = vec![0u8; (h.len as usize).min(FRAGMENT_HEAD)];
+                        let got = input.read_some(&mut head)?;
+                        if got < head.len() {
+                            return Err(declares_too_much(h.tag, h.len as u64, got as u64));
+                        }
+                        rest -= head.len() as u64;
+                    }
+                    input.skip(h.tag, rest)?;
+                    fragments.push(h.len as u64);
+                }
+            }
+            (SEQUENCE_END, Some(Open::Fragments { top_level })) => {
+                if *top_level {
+                    let Some(offsets) = offsets.take() else {
+                        return Err(bad(
+                            "encapsulated Pixel Data has no Basic Offset Table item (PS3.5 §A.4)"
+                                .into(),
+                        ));
+                    };
+                    pixel_data = Some(PixelLayout::Encapsulated {
+                        offsets,
+                        fragments: std::mem::take(&mut fragments),
+                        head: std::mem::take(&mut head),
+                    });
+                }
+                stack.pop();
+            }
+            (_, Some(Open::Fragments { .. })) => {
+                return Err(bad(format!(
+                    "encapsulated Pixel Data holds element {} where only fragment items may stand (PS3.5 §A.4)",
+                    tag_name(h.tag)
+                )));
+            }
+            (ITEM, Some(Open::Sequence { .. })) => {
+                let end = end_of(input);
+                stack.push(Open::Item { end });
+            }
+            (ITEM, _) => {
+                return Err(bad("an item (FFFE,E000) outside any sequence".into()));
+            }
+            (ITEM_END, Some(Open::Item { end: None })) => {
+                stack.pop();
+            }
+            (SEQUENCE_END, Some(Open::Sequence { end: None })) => {
+                stack.pop();
+                depth -= 1;
+            }
+            (ITEM_END | SEQUENCE_END, _) => {
+                return Err(bad(format!(
+                    "delimiter {} without an open undefined-length item or sequence",
+                    tag_name(h.tag)
+                )));
+            }
+            (Tag(0xFFFE, _), _) => {
+                return Err(bad(format!(
+                    "element {} is not a valid item or delimiter tag",
+                    tag_name(h.tag)
+                )));
+            }
+            _ => {
+                let is_sequence = match h.vr {
+                    Some(vr) => &vr == b"SQ",
+                    // Implicit VR: the dictionary says, and an unknown (private) element
+                    // with an undefined length can only be a sequence (PS3.5 §7.5).
+                    None => {
+                        h.tag != PIXEL_DATA
+                            && match dict.by_tag(h.tag) {
+                                Some(e) => e.vr().exact() == Some(VR::SQ),
+                                None => !defined,
+                            }
+                    }
+                };
+                if is_sequence {
+                    depth += 1;
+                    if depth > limits.max_depth {
+                        return Err(bad(format!(
+                            "sequences are nested deeper than {} levels (at element {})",
+                            limits.max_depth,
+                            tag_name(h.tag)
+                        )));
+                    }
+                    max_depth_seen = max_depth_seen.max(depth);
+                    let end = end_of(input);
+                    stack.push(Open::Sequence { end });
+                    continue;
+                }
+                let pixel_like = h.tag == PIXEL_DATA
+                    || matches!(h.vr.as_ref().map(|v| &v[..]), Some(b"OB" | b"OW"));
+                if !defined {
+                    if !pixel_like {
+                        return Err(bad(format!(
+                            "element {} has an undefined length, which only sequences, items and Pixel Data may have (PS3.5 §7.1)",
+                            tag_name(h.tag)
+                        )));
+                    }
+                    let top_level = stack.is_empty() && h.tag == PIXEL_DATA;
+                    if top_level && pixel_data.is_some() {
+                        return Err(bad("the data set holds Pixel Data twice".into()));
+                    }
+                    stack.push(Open::Fragments { top_level });
+                    continue;
+                }
+                if stack.is_empty() && h.tag == PIXEL_DATA {
+                    if pixel_data.is_some() {
+                        return Err(bad("the data set holds Pixel Data twice".into()));
+                    }
+                    pixel_data = Some(PixelLayout::Native {
+                        bytes: h.len as u64,
+                    });
+                }
+                input.skip(h.tag, h.len as u64)?;
+            }
+        }
+    }
+    Ok(Structure {
+        transfer_syntax,
+        depth: max_depth_seen,
+        pixel_data,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMITS: GuardLimits = GuardLimits {
+        max_depth: 8,
+        max_inflated: 1 << 20,
+    };
 
     fn file(ts: &str, body: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 128];
@@ -263,6 +650,25 @@ mod tests {
         e
     }
 
+    fn err(bytes: &[u8]) -> String {
+        check_bytes(bytes, LIMITS).unwrap_err().to_string()
+    }
+
+    /// `levels` undefined-length sequences, each inside an item of the one above.
+    fn nested(levels: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        for _ in 0..levels {
+            b.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0]);
+            b.extend_from_slice(&UNDEFINED.to_le_bytes());
+            b.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        for _ in 0..levels {
+            b.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+            b.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        }
+        b
+    }
+
     #[test]
     fn well_formed_explicit_and_implicit_pass() {
         let body = [
@@ -270,10 +676,12 @@ mod tests {
             explicit((0x7FE0, 0x0010), b"OW", &[0; 8]),
         ]
         .concat();
-        check_lengths(&file("1.2.840.10008.1.2.1", &body), 1 << 20).unwrap();
+        let s = check_bytes(&file("1.2.840.10008.1.2.1", &body), LIMITS).unwrap();
+        assert_eq!(s.pixel_data, Some(PixelLayout::Native { bytes: 8 }));
         let mut implicit = vec![0x08, 0x00, 0x60, 0x00, 2, 0, 0, 0];
         implicit.extend_from_slice(b"MG");
-        check_lengths(&file(IMPLICIT_VR_LE, &implicit), 1 << 20).unwrap();
+        let s = check_bytes(&file(IMPLICIT_VR_LE, &implicit), LIMITS).unwrap();
+        assert_eq!(s.pixel_data, None);
     }
 
     #[test]
@@ -282,17 +690,45 @@ mod tests {
         body.extend_from_slice(&[
             0x10, 0x00, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F, 1, 2,
         ]);
-        let err = check_lengths(&file("1.2.840.10008.1.2.1", &body), 1 << 20)
-            .unwrap_err()
-            .to_string();
+        let e = err(&file("1.2.840.10008.1.2.1", &body));
         assert!(
-            err.contains("(0010,0010) declares 2147483647 bytes but only 2 remain"),
-            "{err}"
+            e.contains("(0010,0010) declares 2147483647 bytes but only 2 remain"),
+            "{e}"
         );
     }
 
     #[test]
-    fn encapsulated_fragments_are_skipped_not_parsed() {
+    fn nesting_up_to_the_limit_passes_and_beyond_is_refused() {
+        let ok = check_bytes(&file("1.2.840.10008.1.2.1", &nested(8)), LIMITS).unwrap();
+        assert_eq!(ok.depth, 8);
+        let e = err(&file("1.2.840.10008.1.2.1", &nested(9)));
+        assert!(
+            e.contains("sequences are nested deeper than 8 levels (at element (0008,1115))"),
+            "{e}"
+        );
+        // 100,000 levels: refused without recursion (this would overflow dicom-rs).
+        let e = err(&file("1.2.840.10008.1.2.1", &nested(100_000)));
+        assert!(e.contains("nested deeper than 8 levels"), "{e}");
+    }
+
+    #[test]
+    fn meta_element_with_undefined_length_is_refused_not_a_panic() {
+        let mut f = file("1.2.840.10008.1.2.1", &[]);
+        f.splice(
+            132..132,
+            [
+                0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ],
+        );
+        let e = err(&f);
+        assert!(
+            e.contains("file meta element (0002,0001) has an undefined length"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encapsulated_fragments_are_recorded_not_parsed() {
         // Pixel Data, undefined length: empty offset table item, one fragment whose
         // bytes look like a huge element header, sequence delimiter.
         let mut body = vec![
@@ -303,24 +739,76 @@ mod tests {
             0xFE, 0xFF, 0x00, 0xE0, 8, 0, 0, 0, 0x10, 0, 0x10, 0, b'O', b'B', 0xFF, 0xFF,
         ]);
         body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
-        check_lengths(&file("1.2.840.10008.1.2.5", &body), 1 << 20).unwrap();
+        let s = check_bytes(&file(RLE_LOSSLESS, &body), LIMITS).unwrap();
+        let Some(PixelLayout::Encapsulated {
+            offsets,
+            fragments,
+            head,
+        }) = s.pixel_data
+        else {
+            panic!("{s:?}")
+        };
+        assert!(offsets.is_empty());
+        assert_eq!(fragments, vec![8]);
+        assert_eq!(head.len(), 8);
+        // without its delimiter the stream is truncated
+        let cut = &body[..body.len() - 8];
+        assert!(err(&file(RLE_LOSSLESS, cut)).contains("ends inside"));
+    }
+
+    #[test]
+    fn element_inside_fragments_and_stray_delimiters_are_refused() {
+        let mut body = vec![
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        body.extend(explicit((0x0008, 0x0060), b"CS", b"MG"));
+        assert!(err(&file(RLE_LOSSLESS, &body)).contains("only fragment items may stand"));
+        let stray = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0];
+        assert!(err(&file("1.2.840.10008.1.2.1", &stray)).contains("delimiter (FFFE,E0DD)"));
+    }
+
+    #[test]
+    fn undefined_length_on_a_plain_element_is_refused() {
+        // a short VR cannot hold 0xFFFFFFFF: a long-VR text element
+        let mut b = vec![0x08, 0x00, 0x19, 0x01, b'U', b'T', 0, 0];
+        b.extend_from_slice(&UNDEFINED.to_le_bytes());
+        let e = err(&file("1.2.840.10008.1.2.1", &b));
+        assert!(e.contains("(0008,0119) has an undefined length"), "{e}");
+    }
+
+    #[test]
+    fn deflate_bomb_is_refused_at_the_cap_without_holding_it() {
+        use std::io::Write;
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut dataset = explicit((0x0008, 0x0060), b"CS", b"MG");
+        dataset.extend_from_slice(&[0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        dataset.extend_from_slice(&(8u32 << 20).to_le_bytes());
+        enc.write_all(&dataset).unwrap();
+        enc.write_all(&vec![0u8; 8 << 20]).unwrap();
+        let bomb = file(DEFLATED, &enc.finish().unwrap());
+        assert!(bomb.len() < 64 << 10);
+        let e = err(&bomb);
+        assert!(
+            e.contains("Deflated data set inflates beyond 1048576 bytes"),
+            "{e}"
+        );
+        let roomy = GuardLimits {
+            max_depth: 8,
+            max_inflated: 16 << 20,
+        };
+        check_bytes(&bomb, roomy).unwrap();
     }
 
     #[test]
     fn unknown_vr_is_refused() {
         let body = explicit((0x0018, 0x0015), b"C[", b"BREAST");
-        let err = check_lengths(&file("1.2.840.10008.1.2.1", &body), 1 << 20)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("(0018,0015) has an unknown VR `C[`"), "{err}");
+        let e = err(&file("1.2.840.10008.1.2.1", &body));
+        assert!(e.contains("(0018,0015) has an unknown VR `C[`"), "{e}");
     }
 
     #[test]
     fn no_marker_and_big_endian_are_refused() {
-        assert!(check_lengths(b"hello", 10).is_err());
-        assert!(check_lengths(&file(EXPLICIT_VR_BE, &[]), 10)
-            .unwrap_err()
-            .to_string()
-            .contains("Big Endian"));
+        assert!(err(b"hello").contains("DICM"));
+        assert!(err(&file(EXPLICIT_VR_BE, &[])).contains("Big Endian"));
     }
 }

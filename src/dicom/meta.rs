@@ -7,6 +7,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
+use super::guard::{self, PixelLayout};
 use super::{is_valid_uid, trim_value};
 use crate::config::Limits;
 
@@ -148,6 +149,16 @@ pub enum InvalidInstance {
         "instance belongs to study {found}, not to the study {expected} named in the request URL"
     )]
     WrongStudy { expected: String, found: String },
+    #[error("Pixel Data (7FE0,0010) holds {found} bytes but Rows x Columns x Samples per Pixel x Bits Allocated x frames ({rows} x {columns} x 1 x {bits_allocated} x 1) needs {expected} (truncated or corrupt image)")]
+    PixelDataLength {
+        found: u64,
+        expected: u64,
+        rows: u32,
+        columns: u32,
+        bits_allocated: u16,
+    },
+    #[error("encapsulated Pixel Data is not usable: {0}")]
+    BadFragments(String),
 }
 
 impl InvalidInstance {
@@ -160,6 +171,7 @@ impl InvalidInstance {
             InvalidInstance::NotDicom(_) => 0xC000,
             InvalidInstance::NotMammography { .. } => 0x0122,
             InvalidInstance::UnsupportedPixels(_) => 0xC000,
+            InvalidInstance::BadFragments(_) => 0xC000,
             _ => 0xA900,
         }
     }
@@ -239,8 +251,9 @@ fn view(obj: &InMemDicomObject) -> Option<View> {
     }
 }
 
-/// Extracts and validates everything tamiz needs. Runs on every uploaded instance
-/// before a byte of it is stored.
+/// Extracts and validates everything tamiz needs from the attributes. Runs on every
+/// uploaded instance before a byte of it is stored; the Pixel Data itself is checked
+/// by [`check_pixel_data`] against what the structural walk found.
 pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta, InvalidInstance> {
     let sop_class_uid = uid(obj, tags::SOP_CLASS_UID, "SOP Class UID (0008,0016)")?;
     let sop_instance_uid = uid(obj, tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?;
@@ -309,10 +322,6 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
             "{frames} frames (only single-frame projection images are read)"
         )));
     }
-    if obj.get(tags::PIXEL_DATA).is_none() {
-        return Err(InvalidInstance::Missing("Pixel Data (7FE0,0010)"));
-    }
-
     Ok(InstanceMeta {
         sop_class_uid,
         sop_instance_uid,
@@ -330,4 +339,126 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
         patient_issuer: text(obj, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(),
         institution_name: text(obj, tags::INSTITUTION_NAME),
     })
+}
+
+/// Transfer syntaxes whose Pixel Data is native (not encapsulated).
+fn native_transfer_syntax(ts: &str) -> bool {
+    matches!(
+        ts,
+        guard::IMPLICIT_VR_LE | "1.2.840.10008.1.2.1" | guard::DEFLATED
+    )
+}
+
+/// Checks the top-level Pixel Data against the attributes, so that an image that
+/// cannot be decoded is refused at upload, not discovered by a worker later: native
+/// data must hold exactly Rows × Columns × Samples × Bits Allocated / 8 × frames bytes
+/// (plus one byte of padding to even length); encapsulated data must be a sane
+/// fragment table for one frame (PS3.5 §A.4) and, for RLE, carry a sane RLE header
+/// (PS3.5 §G.3.1), whose offsets the RLE decoder would otherwise trust.
+pub fn check_pixel_data(
+    meta: &InstanceMeta,
+    layout: Option<&PixelLayout>,
+) -> Result<(), InvalidInstance> {
+    let frag = |m: String| Err(InvalidInstance::BadFragments(m));
+    let native = native_transfer_syntax(&meta.transfer_syntax);
+    match layout {
+        None => Err(InvalidInstance::Missing("Pixel Data (7FE0,0010)")),
+        Some(PixelLayout::Native { bytes }) => {
+            if !native {
+                return frag(format!(
+                    "transfer syntax {} needs encapsulated Pixel Data, but it is native",
+                    meta.transfer_syntax
+                ));
+            }
+            let expected =
+                meta.rows as u64 * meta.columns as u64 * (meta.bits_allocated as u64 / 8);
+            let padded = expected + expected % 2;
+            if *bytes == expected || *bytes == padded {
+                Ok(())
+            } else {
+                Err(InvalidInstance::PixelDataLength {
+                    found: *bytes,
+                    expected,
+                    rows: meta.rows,
+                    columns: meta.columns,
+                    bits_allocated: meta.bits_allocated,
+                })
+            }
+        }
+        Some(PixelLayout::Encapsulated {
+            offsets,
+            fragments,
+            head,
+        }) => {
+            if native {
+                return frag(format!(
+                    "transfer syntax {} needs native Pixel Data, but it is encapsulated",
+                    meta.transfer_syntax
+                ));
+            }
+            if fragments.is_empty() {
+                return frag("no fragment follows the Basic Offset Table".into());
+            }
+            if fragments.contains(&0) {
+                return frag("a fragment is empty".into());
+            }
+            if !(offsets.is_empty() || offsets == &[0]) {
+                return frag(format!(
+                    "the Basic Offset Table lists {} offsets for 1 frame (expected none, or one offset 0)",
+                    offsets.len()
+                ));
+            }
+            if meta.transfer_syntax == guard::RLE_LOSSLESS {
+                check_rle_header(meta, fragments, head)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The RLE header (PS3.5 §G.5): 16 little-endian u32, the segment count then the
+/// offset of each segment; one segment per byte of each sample.
+fn check_rle_header(
+    meta: &InstanceMeta,
+    fragments: &[u64],
+    head: &[u8],
+) -> Result<(), InvalidInstance> {
+    let frag = |m: String| Err(InvalidInstance::BadFragments(m));
+    if fragments.len() != 1 {
+        return frag(format!(
+            "RLE Lossless stores each frame in one fragment (PS3.5 §G.2), found {} for 1 frame",
+            fragments.len()
+        ));
+    }
+    if head.len() < 64 {
+        return frag("the RLE fragment is shorter than its 64-byte header".into());
+    }
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            head[4 * i],
+            head[4 * i + 1],
+            head[4 * i + 2],
+            head[4 * i + 3],
+        ])
+    };
+    let segments = word(0) as usize;
+    let expected = meta.bits_allocated as usize / 8;
+    if segments != expected {
+        return frag(format!(
+            "the RLE header lists {segments} segments, but {} bits per sample need {expected}",
+            meta.bits_allocated
+        ));
+    }
+    let mut previous = 0u64;
+    for i in 1..=segments {
+        let offset = word(i) as u64;
+        if (i == 1 && offset != 64) || offset <= previous || offset >= fragments[0] {
+            return frag(format!(
+                "RLE segment {i} starts at offset {offset}, outside the {}-byte fragment or out of order",
+                fragments[0]
+            ));
+        }
+        previous = offset;
+    }
+    Ok(())
 }

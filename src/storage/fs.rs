@@ -26,7 +26,13 @@ impl FsStore {
             key: root.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(root.join(".tmp")).map_err(io)?;
+        let tmp = root.join(".tmp");
+        std::fs::create_dir_all(&tmp).map_err(io)?;
+        // Temp copies of writes interrupted by a crash: never linked, never needed.
+        let removed = crate::spool::remove_stale(&tmp, "").map_err(io)?;
+        if removed > 0 {
+            tracing::info!(files = removed, "removed stale object-store temp files");
+        }
         Ok(FsStore { root })
     }
 
@@ -113,6 +119,21 @@ impl ObjectStore for FsStore {
                     key: key.to_owned(),
                     source,
                 })
+        }
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StoreError::Io {
+                    key: key.to_owned(),
+                    source,
+                }),
+            }
         }
         .boxed()
     }

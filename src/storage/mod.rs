@@ -42,6 +42,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<PutOutcome, StoreError>>;
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Removes the object under `key`; removing an absent key is not an error. Only
+    /// for objects that nothing references (the loser of an upload race).
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// The key of an instance. Callers pass UIDs that passed [`crate::dicom::is_valid_uid`].
