@@ -70,7 +70,7 @@ fn sop_uid(path: &Path) -> Result<String, String> {
     match crate::dicom::read_header_uids(path) {
         Ok((_, Some(uid))) => Ok(uid),
         Ok((_, None)) => Err("no valid SOP Instance UID (0008,0018)".into()),
-        Err(e) => Err(format!("not a readable DICOM file: {e}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -101,34 +101,37 @@ pub async fn upload(
 
     let mut batch: Vec<(PathBuf, String, u64)> = Vec::new();
     let mut batch_bytes = 0u64;
-    let mut i = 0;
-    while i <= files.len() {
-        let flush = i == files.len() || batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES;
-        if flush && !batch.is_empty() {
+    for path in &files {
+        let uid = match sop_uid(path) {
+            Ok(uid) => uid,
+            Err(e) => {
+                let r = FileResult {
+                    path: path.clone(),
+                    outcome: Err(e),
+                };
+                emit(r, &mut report);
+                continue;
+            }
+        };
+        // The server's answer names instances by SOP Instance UID, so a batch never
+        // holds two files with the same one.
+        let full = batch.len() >= BATCH_FILES
+            || batch_bytes >= BATCH_BYTES
+            || batch.iter().any(|b| b.1 == uid);
+        if full {
             for r in send_batch(&client, &url, center, &batch).await {
                 emit(r, &mut report);
             }
             batch.clear();
             batch_bytes = 0;
         }
-        if i == files.len() {
-            break;
-        }
-        let path = &files[i];
-        i += 1;
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        match sop_uid(path) {
-            Ok(uid) => {
-                batch_bytes += size;
-                batch.push((path.clone(), uid, size));
-            }
-            Err(e) => emit(
-                FileResult {
-                    path: path.clone(),
-                    outcome: Err(e),
-                },
-                &mut report,
-            ),
+        batch_bytes += size;
+        batch.push((path.clone(), uid, size));
+    }
+    if !batch.is_empty() {
+        for r in send_batch(&client, &url, center, &batch).await {
+            emit(r, &mut report);
         }
     }
     if print {
@@ -146,7 +149,19 @@ pub async fn upload(
 /// or the server's Retry-After, which is safe because the server treats a resent
 /// instance as already stored) and maps the response back to files by SOP Instance
 /// UID.
-async fn send_batch(
+///
+/// A batch larger than the server's request limit (413) is split in halves and sent
+/// again, down to single files, so the client needs no knowledge of that limit.
+fn send_batch<'a>(
+    client: &'a reqwest::Client,
+    url: &'a str,
+    center: Option<&'a str>,
+    batch: &'a [(PathBuf, String, u64)],
+) -> futures_util::future::BoxFuture<'a, Vec<FileResult>> {
+    Box::pin(send_batch_once(client, url, center, batch))
+}
+
+async fn send_batch_once(
     client: &reqwest::Client,
     url: &str,
     center: Option<&str>,
@@ -228,6 +243,12 @@ async fn send_batch(
         })
         .await;
     match result {
+        Ok((reqwest::StatusCode::PAYLOAD_TOO_LARGE, _)) if batch.len() > 1 => {
+            let (a, b) = batch.split_at(batch.len() / 2);
+            let mut results = send_batch(client, url, center, a).await;
+            results.extend(send_batch(client, url, center, b).await);
+            results
+        }
         Ok((status, text)) => map_response(status, &text, batch),
         // Gave up: what the last answer says per file (some may have been stored).
         Err(Retryable {

@@ -364,8 +364,9 @@ fn read_file_meta<R: BufRead>(input: &mut Input<R>) -> Result<String, InvalidIns
                 )));
             }
             let mut v = vec![0u8; h.len as usize];
-            if input.read_some(&mut v)? < v.len() {
-                return Err(declares_too_much(h.tag, h.len as u64, 0));
+            let got = input.read_some(&mut v)?;
+            if got < v.len() {
+                return Err(declares_too_much(h.tag, h.len as u64, got as u64));
             }
             ts = String::from_utf8_lossy(&v)
                 .trim_end_matches(['\0', ' '])
@@ -398,6 +399,17 @@ impl Open {
             Open::Sequence { end } | Open::Item { end } => *end,
             Open::Fragments { .. } => None,
         }
+    }
+}
+
+/// A defined-length item or sequence must end within the container holding it.
+fn check_inside(stack: &[Open], end: Option<u64>) -> Result<(), InvalidInstance> {
+    let parent = stack.iter().rev().find_map(Open::end);
+    match (end, parent) {
+        (Some(end), Some(parent)) if end > parent => Err(bad(format!(
+            "an item or sequence ends at byte {end}, past the end of the one holding it (byte {parent})"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -474,8 +486,9 @@ fn walk<R: BufRead>(
                         )));
                     }
                     let mut table = vec![0u8; n * 4];
-                    if input.read_some(&mut table)? < table.len() {
-                        return Err(declares_too_much(h.tag, h.len as u64, 0));
+                    let got = input.read_some(&mut table)?;
+                    if got < table.len() {
+                        return Err(declares_too_much(h.tag, h.len as u64, got as u64));
                     }
                     offsets = Some(
                         table
@@ -526,6 +539,7 @@ fn walk<R: BufRead>(
             }
             (ITEM, Some(Open::Sequence { .. })) => {
                 let end = end_of(input);
+                check_inside(&stack, end)?;
                 stack.push(Open::Item { end });
             }
             (ITEM, _) => {
@@ -574,6 +588,7 @@ fn walk<R: BufRead>(
                     }
                     max_depth_seen = max_depth_seen.max(depth);
                     let end = end_of(input);
+                    check_inside(&stack, end)?;
                     stack.push(Open::Sequence { end });
                     continue;
                 }

@@ -2,6 +2,8 @@
 //! SQLite catalog and object directory, real DICOM files, real HTTP.
 #![allow(dead_code)]
 
+pub mod corpus;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

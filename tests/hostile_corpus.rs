@@ -1,0 +1,235 @@
+//! The hostile corpus (`common/corpus.rs`) against a real server: every case gets its
+//! exact status and reason, nothing stored changes, the server keeps answering; and
+//! the upload client survives every file of it. Regressions named in the corpus:
+//! the ~100 KB file of 3,000 nested sequences that aborted the server, the deflate
+//! bomb that was stored, the boundary-less body parsed in quadratic time, and the
+//! file-meta element whose undefined length made the guard panic ("retry later").
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use common::corpus::{self, Case, Expect, Send};
+use common::*;
+use serde_json::Value;
+use tamiz::config::Limits;
+
+/// Small limits so that bombs and oversized bodies stay cheap to build.
+pub fn corpus_limits() -> Limits {
+    Limits {
+        max_instance_bytes: 4 << 20,
+        max_request_bytes: 16 << 20,
+        max_upload_bytes_in_flight: 64 << 20,
+        ..Limits::default()
+    }
+}
+
+/// Every object file with its bytes: what "nothing changed" is checked against.
+fn objects(t: &TestServer) -> BTreeMap<PathBuf, Vec<u8>> {
+    t.stored_objects()
+        .into_iter()
+        .map(|p| {
+            let b = std::fs::read(&p).expect("read object");
+            (p, b)
+        })
+        .collect()
+}
+
+async fn send(t: &TestServer, case: &Case) -> (u16, Option<String>, Value) {
+    let (method, path, ct, body) = match &case.send {
+        Send::Instance(b) => {
+            let (ct, body) = multipart(std::slice::from_ref(b));
+            ("POST", "/dicomweb/studies".to_string(), Some(ct), body)
+        }
+        Send::InstanceToStudy(study, b) => {
+            let (ct, body) = multipart(std::slice::from_ref(b));
+            ("POST", format!("/dicomweb/studies/{study}"), Some(ct), body)
+        }
+        Send::Raw {
+            method,
+            path,
+            content_type,
+            body,
+        } => (*method, path.clone(), content_type.clone(), body.clone()),
+    };
+    let mut req = match method {
+        "GET" => t.http.get(format!("{}{path}", t.url)),
+        _ => t.http.post(format!("{}{path}", t.url)).body(body),
+    };
+    if let Some(ct) = ct {
+        req = req.header("Content-Type", ct);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        ct,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Checks one answer; `Err` says what was wrong.
+fn check(case: &Case, status: u16, ct: Option<&str>, body: &Value) -> Result<(), String> {
+    match &case.expect {
+        Expect::Refused { reason, comment } => {
+            if status != 409 {
+                return Err(format!("status {status}, expected 409: {body}"));
+            }
+            if ct != Some("application/dicom+json") {
+                return Err(format!("Content-Type {ct:?}"));
+            }
+            let failed = seq(body, "00081198");
+            if failed.len() != 1 || !seq(body, "00081199").is_empty() {
+                return Err(format!("expected exactly one failed instance: {body}"));
+            }
+            let got_reason = first(failed[0], "00081197").as_u64();
+            let got_comment = first(failed[0], "00000902");
+            let got_comment = got_comment.as_str().unwrap_or("");
+            if got_reason != Some(*reason as u64) {
+                return Err(format!(
+                    "reason {got_reason:?}, expected {reason:04X}H ({reason}): `{got_comment}`"
+                ));
+            }
+            if !got_comment.contains(comment.as_str()) {
+                return Err(format!(
+                    "comment `{got_comment}` does not contain `{comment}`"
+                ));
+            }
+        }
+        Expect::Error {
+            status: want,
+            message,
+        } => {
+            if status != *want {
+                return Err(format!("status {status}, expected {want}: {body}"));
+            }
+            if ct != Some("application/json") {
+                return Err(format!("Content-Type {ct:?}, expected application/json"));
+            }
+            let got = body.get("error").and_then(Value::as_str).unwrap_or("");
+            if !got.contains(message.as_str()) {
+                return Err(format!("error `{got}` does not contain `{message}`"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_hostile_case_gets_its_exact_answer_and_changes_nothing() {
+    let limits = corpus_limits();
+    let l = limits.clone();
+    let t = TestServer::start_with(move |c| c.limits = l).await;
+    let base = corpus::base_instance();
+    let (status, body) = t
+        .stow("/dicomweb/studies", std::slice::from_ref(&base), None)
+        .await;
+    assert_eq!(status, 200, "the valid base instance is stored: {body}");
+    let stored = objects(&t);
+    let (_, summary) = t.get_json("/api/v1/summary").await;
+
+    let cases = corpus::corpus(&limits);
+    assert!(cases.len() >= 50, "the corpus has {} cases", cases.len());
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let (status, ct, body) = send(&t, case).await;
+        if let Err(e) = check(case, status, ct.as_deref(), &body) {
+            wrong.push(format!("{}: {e}", case.name));
+        }
+        assert_eq!(
+            t.healthz().await,
+            200,
+            "{}: the server stopped answering",
+            case.name
+        );
+        if objects(&t) != stored {
+            wrong.push(format!("{}: the object store changed", case.name));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases got the wrong answer:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+    let (_, after) = t.get_json("/api/v1/summary").await;
+    for key in [
+        "studies_by_state",
+        "open_by_priority",
+        "studies_this_year",
+        "diagnosis_centers",
+    ] {
+        assert_eq!(after[key], summary[key], "catalog unchanged: {key}");
+    }
+    assert_eq!(summary["studies_this_year"], 1, "{summary}");
+    assert!(
+        std::fs::read_dir(t.dir.path().join("data/uploads"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no spool file left behind"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn the_upload_client_reports_every_hostile_file_and_sends_the_rest() {
+    let limits = corpus_limits();
+    let l = limits.clone();
+    let t = TestServer::start_with(move |c| c.limits = l).await;
+    let dir = t.dir.path().join("corpus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bad = 0;
+    for (i, case) in corpus::corpus(&limits).iter().enumerate() {
+        if let Send::Instance(bytes) = &case.send {
+            std::fs::write(dir.join(format!("bad-{i:03}.dcm")), bytes).unwrap();
+            bad += 1;
+        }
+    }
+    // two good files among them: the base and a whole synthetic study
+    std::fs::write(dir.join("good-base.dcm"), corpus::base_instance()).unwrap();
+    let study = tamiz::synth::plan_studies(1, 77, 0.0, 256, 208, &["CLINIC B"]).remove(0);
+    let good = study_files(&dir.join("good-study"), &study);
+    let (url, d) = (t.url.clone(), dir.clone());
+    // Off the runtime thread: the server under test runs on it.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tamiz"))
+            .args(["upload", "--url", &url])
+            .arg(&d)
+            .output()
+            .expect("run tamiz upload")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit 1 when some files failed (not a crash): {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let failed = stdout.lines().filter(|l| l.starts_with("FAILED")).count();
+    let stored = stdout.lines().filter(|l| l.starts_with("stored")).count();
+    assert_eq!(failed, bad, "every hostile file is reported:\n{stdout}");
+    assert_eq!(stored, 1 + good.len(), "every good file is sent:\n{stdout}");
+    assert!(
+        stdout.contains("sequences are nested deeper than 64 levels"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!(
+        "{} file(s): {} stored, {bad} failed",
+        bad + 1 + good.len(),
+        1 + good.len()
+    )));
+    t.wait_worklisted(&study.study_uid).await;
+    assert_eq!(t.stored_objects().len(), 1 + good.len());
+    t.stop().await;
+}
