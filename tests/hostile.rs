@@ -13,23 +13,10 @@ use std::collections::HashSet;
 use common::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tamiz::dicom::{Laterality, View};
 
 /// A small but complete MG instance.
 fn small_instance() -> Vec<u8> {
-    let plan = tamiz::synth::plan_studies(1, 5, 0.0, 64, 52, &["FUZZ"]).remove(0);
-    let pixels = tamiz::synth::render_view(&plan, Laterality::L, &View::Cc);
-    let obj = tamiz::synth::view_object(
-        &plan,
-        Laterality::L,
-        &View::Cc,
-        "1.2.3.1",
-        "1.2.3.1.1",
-        pixels,
-    );
-    let mut bytes = Vec::new();
-    obj.write_all(&mut bytes).expect("encode");
-    bytes
+    common::corpus::base_instance()
 }
 
 fn damage(base: &[u8], rng: &mut SmallRng) -> Vec<u8> {
@@ -83,9 +70,17 @@ async fn damaged_instances_are_answered_and_never_half_stored() {
                 let failed = seq(&body, "00081198");
                 assert_eq!(failed.len(), 1, "round {round}: {body}");
                 let comment = first(failed[0], "00000902");
+                let comment = comment.as_str().unwrap_or("");
+                let reason = first(failed[0], "00081197").as_u64();
+                // A damaged file is the sender's to fix: a refusal naming the problem,
+                // never "processing failure, retry later" (how a guard panic once hid).
                 assert!(
-                    !comment.as_str().unwrap_or("").is_empty(),
-                    "round {round}: no reason given: {body}"
+                    matches!(reason, Some(0xC000 | 0xA900 | 0x0122 | 0x0111)),
+                    "round {round}: reason {reason:?}: {body}"
+                );
+                assert!(
+                    comment.len() > 20 && !comment.contains("retry"),
+                    "round {round}: no usable reason given: {body}"
                 );
             }
             other => panic!("round {round}: unexpected status {other}: {body}"),
@@ -134,12 +129,25 @@ async fn garbage_bodies_get_a_400_and_the_server_stays_up() {
             .await
             .unwrap();
         let status = resp.status().as_u16();
-        assert!(
-            matches!(status, 400 | 409),
-            "round {round}: status {status}"
-        );
         let json: serde_json::Value = resp.json().await.unwrap();
-        assert!(json.is_object(), "round {round}: {json}");
+        match status {
+            400 => assert!(
+                json["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("malformed multipart body")),
+                "round {round}: {json}"
+            ),
+            409 => {
+                let failed = seq(&json, "00081198");
+                assert_eq!(failed.len(), 1, "round {round}: {json}");
+                assert_eq!(
+                    first(failed[0], "00081197"),
+                    0xC000,
+                    "round {round}: {json}"
+                );
+            }
+            other => panic!("round {round}: status {other}: {json}"),
+        }
     }
     assert!(t.stored_objects().is_empty());
     assert_eq!(t.healthz().await, 200);

@@ -72,7 +72,11 @@ impl TestServer {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// Starts over `dir/data` (which may already hold files).
+    pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config(&dir.path().join("data"));
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -178,6 +182,30 @@ impl TestServer {
 
     pub async fn stop(self) {
         self.server.stop().await;
+    }
+
+    /// The files in the upload spool (`data/uploads`) with their sizes.
+    pub fn spooled(&self) -> Vec<(PathBuf, u64)> {
+        std::fs::read_dir(self.dir.path().join("data/uploads"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn addr(&self) -> String {
+        self.server.addr.to_string()
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after `secs` seconds.
+pub async fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
