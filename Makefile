@@ -29,6 +29,7 @@ lint:
 
 bench: setup
 	$(CARGO) bench --bench pipeline
+	$(CARGO) bench --bench hostile
 
 # Retrain the shipped model (not part of demo or test): see models/README.md.
 train: setup build

@@ -233,3 +233,63 @@ async fn the_upload_client_reports_every_hostile_file_and_sends_the_rest() {
     assert_eq!(t.stored_objects().len(), 1 + good.len());
     t.stop().await;
 }
+
+/// Writes the corpus as libFuzzer seeds: instance files for `ingest_file`, request
+/// bodies (first byte: the chunking) for `stow_multipart`. Run by `scripts/fuzz.sh`.
+#[test]
+#[ignore = "writes the fuzz seed corpus; run by scripts/fuzz.sh"]
+fn write_fuzz_seeds() {
+    let out = PathBuf::from(std::env::var("FUZZ_SEEDS").expect("FUZZ_SEEDS=folder"));
+    let (files, bodies) = (out.join("ingest_file"), out.join("stow_multipart"));
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::create_dir_all(&bodies).unwrap();
+    let limits = Limits {
+        max_instance_bytes: 1 << 20,
+        max_request_bytes: 4 << 20,
+        max_multipart_header_bytes: 4096,
+        ..Limits::default()
+    };
+    let fuzz_boundary = |b: &[u8]| -> Vec<u8> {
+        // the fuzz target's boundary is `fuzzb`
+        let from = corpus::BOUNDARY.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i..].starts_with(from) {
+                out.extend_from_slice(b"fuzzb");
+                i += from.len();
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    let mut n = 0;
+    let mut add_body = |body: Vec<u8>, chunking: u8| {
+        if body.len() <= 256 << 10 {
+            let mut seed = vec![chunking];
+            seed.extend(fuzz_boundary(&body));
+            std::fs::write(bodies.join(format!("seed-{n:03}")), seed).unwrap();
+            n += 1;
+        }
+    };
+    let base = corpus::base_instance();
+    add_body(multipart(std::slice::from_ref(&base)).1, 0);
+    add_body(multipart(&[base.clone(), base.clone()]).1, 13);
+    for (i, case) in corpus::corpus(&limits).iter().enumerate() {
+        match &case.send {
+            Send::Instance(b) | Send::InstanceToStudy(_, b) => {
+                if b.len() <= 256 << 10 {
+                    std::fs::write(files.join(format!("seed-{i:03}")), b).unwrap();
+                }
+                add_body(multipart(std::slice::from_ref(b)).1, i as u8);
+            }
+            Send::Raw { path, body, .. } if path == "/dicomweb/studies" => {
+                add_body(body.clone(), i as u8)
+            }
+            Send::Raw { .. } => {}
+        }
+    }
+    std::fs::write(files.join("seed-base"), &base).unwrap();
+}
