@@ -592,16 +592,17 @@ fn walk<R: BufRead>(
                     stack.push(Open::Sequence { end });
                     continue;
                 }
-                let pixel_like = h.tag == PIXEL_DATA
-                    || matches!(h.vr.as_ref().map(|v| &v[..]), Some(b"OB" | b"OW"));
                 if !defined {
-                    if !pixel_like {
+                    // Only Pixel Data may be encapsulated. dicom-rs reads any other
+                    // OB/OW element of undefined length as a 4 GiB value (found by the
+                    // `ingest_file` fuzz target: 2.3 GB allocated for a 2.8 KB file).
+                    if h.tag != PIXEL_DATA {
                         return Err(bad(format!(
                             "element {} has an undefined length, which only sequences, items and Pixel Data may have (PS3.5 §7.1)",
                             tag_name(h.tag)
                         )));
                     }
-                    let top_level = stack.is_empty() && h.tag == PIXEL_DATA;
+                    let top_level = stack.is_empty();
                     if top_level && pixel_data.is_some() {
                         return Err(bad("the data set holds Pixel Data twice".into()));
                     }
@@ -812,6 +813,21 @@ mod tests {
             max_inflated: 16 << 20,
         };
         check_bytes(&bomb, roomy).unwrap();
+    }
+
+    /// Regression (fuzz, `ingest_file`): an OB element of undefined length that is not
+    /// Pixel Data passed the walk as "fragments", and dicom-rs then allocated 4 GiB.
+    #[test]
+    fn undefined_length_ob_outside_pixel_data_is_refused() {
+        let mut body = vec![0x60, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0];
+        body.extend_from_slice(&UNDEFINED.to_le_bytes());
+        body.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        body.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let e = err(&file(RLE_LOSSLESS, &body));
+        assert!(
+            e.contains("element (7F60,0010) has an undefined length, which only sequences, items and Pixel Data may have"),
+            "{e}"
+        );
     }
 
     #[test]

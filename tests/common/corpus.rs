@@ -512,6 +512,18 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         splice(&undefined_text),
         "element (0008,0119) has an undefined length, which only sequences, items and Pixel Data may have",
     ));
+    // Found by the `ingest_file` fuzz target: dicom-rs read this as a 4 GiB value
+    // (2.3 GB allocated for a 2.8 KB file).
+    let mut encapsulated_overlay = vec![0x60, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0];
+    encapsulated_overlay.extend_from_slice(&UNDEF);
+    encapsulated_overlay.extend_from_slice(&ITEM);
+    encapsulated_overlay.extend_from_slice(&0u32.to_le_bytes());
+    encapsulated_overlay.extend_from_slice(&SEQ_END);
+    cases.push(unreadable(
+        "regression: undefined-length OB outside Pixel Data (fuzz OOM)",
+        splice(&encapsulated_overlay),
+        "element (7F60,0010) has an undefined length, which only sequences, items and Pixel Data may have",
+    ));
     cases.push(unreadable(
         "stray sequence delimiter",
         splice(&SEQ_END),
