@@ -14,13 +14,15 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION (crates.io)" >&2
   cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
-# cargo-fuzz passes nightly-only flags; this machine has one stable toolchain, which
-# accepts them when told it is bootstrapping. No sanitizer: the code under test is
-# safe Rust (and C SQLite, which is not what is fuzzed), and a panic is the failure.
-export RUSTC_BOOTSTRAP=1
-
+# Seeds first, with the environment of `make test` so that its build is reused.
 rm -rf fuzz/seeds
 FUZZ_SEEDS="$PWD/fuzz/seeds" cargo test --quiet --test hostile_corpus write_fuzz_seeds -- --ignored >/dev/null
+
+# cargo-fuzz passes nightly-only flags; this machine has one stable toolchain, which
+# accepts them when told it is bootstrapping (set only here: cargo rebuilds whatever
+# it built without it). No sanitizer: the code under test is safe Rust (and C SQLite,
+# which is not what is fuzzed), and a panic, abort or OOM is the failure.
+export RUSTC_BOOTSTRAP=1
 
 status=0
 for target in ingest_file stow_multipart; do

@@ -70,7 +70,10 @@ fn sop_uid(path: &Path) -> Result<String, String> {
     match crate::dicom::read_header_uids(path) {
         Ok((_, Some(uid))) => Ok(uid),
         Ok((_, None)) => Err("no valid SOP Instance UID (0008,0018)".into()),
-        Err(e) => Err(e.to_string()),
+        Err(crate::dicom::InvalidInstance::NotDicom(m)) => {
+            Err(format!("not a readable DICOM file: {m}"))
+        }
+        Err(e) => Err(format!("not a readable DICOM file: {e}")),
     }
 }
 

@@ -183,14 +183,6 @@ impl<R: BufRead> Input<R> {
         Ok(())
     }
 
-    fn peek_u16(&mut self) -> Result<Option<u16>, InvalidInstance> {
-        match self.r.fill_buf() {
-            Ok(b) if b.len() >= 2 => Ok(Some(u16::from_le_bytes([b[0], b[1]]))),
-            Ok(_) => Ok(None),
-            Err(e) => Err(self.io(e)),
-        }
-    }
-
     /// Skips the value of `tag`, `len` bytes, refusing a length beyond the data.
     fn skip(&mut self, tag: Tag, len: u64) -> Result<(), InvalidInstance> {
         if let Some(rem) = self.remaining() {
@@ -344,15 +336,55 @@ pub fn check_bytes(bytes: &[u8], limits: GuardLimits) -> Result<Structure, Inval
 
 /// Reads the file meta group (explicit VR little endian, group 0002; PS3.10 §7.1) and
 /// returns its Transfer Syntax UID.
+///
+/// The group must open with its length, File Meta Information Group Length
+/// (0002,0000), and end exactly there: dicom-rs starts the data set where the group
+/// length says, so a walk that started anywhere else would check other element
+/// boundaries than the parser then reads (found by fuzzing: a stray element inside the
+/// group shifted dicom-rs into the middle of a value and a 2 GB allocation).
 fn read_file_meta<R: BufRead>(input: &mut Input<R>) -> Result<String, InvalidInstance> {
-    let mut ts = String::new();
-    while input.peek_u16()? == Some(0x0002) {
-        let Some(h) = read_header(input, true)? else {
-            break;
+    let group_length =
+        match read_header(input, true)? {
+            Some(Header {
+                tag: Tag(0x0002, 0x0000),
+                len: 4,
+                ..
+            }) => {
+                let mut v = [0u8; 4];
+                let got = input.read_some(&mut v)?;
+                if got < 4 {
+                    return Err(declares_too_much(Tag(0x0002, 0x0000), 4, got as u64));
+                }
+                u32::from_le_bytes(v) as u64
+            }
+            _ => return Err(bad(
+                "the file meta group does not open with its group length (0002,0000) (PS3.10 §7.1)"
+                    .into(),
+            )),
         };
+    let end = input.pos + group_length;
+    let mut ts = String::new();
+    while input.pos < end {
+        let Some(h) = read_header(input, true)? else {
+            return Err(bad(format!(
+                "the file ends inside the file meta group, which declares {group_length} bytes (truncated file)"
+            )));
+        };
+        if h.tag.0 != 0x0002 {
+            return Err(bad(format!(
+                "element {} stands inside the file meta group, which holds only group 0002",
+                tag_name(h.tag)
+            )));
+        }
         if h.len == UNDEFINED || h.vr == Some(*b"SQ") || h.vr.is_none() {
             return Err(bad(format!(
                 "file meta element {} has an undefined length or is a sequence (PS3.10 §7.1 allows neither)",
+                tag_name(h.tag)
+            )));
+        }
+        if input.pos + h.len as u64 > end {
+            return Err(bad(format!(
+                "file meta element {} runs past the end of the group declared by (0002,0000)",
                 tag_name(h.tag)
             )));
         }
@@ -637,18 +669,23 @@ mod tests {
         max_inflated: 1 << 20,
     };
 
-    fn file(ts: &str, body: &[u8]) -> Vec<u8> {
+    /// Preamble, marker, a meta group of its length and `meta` elements, the data set.
+    fn file_with_meta(meta: &[u8], body: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8; 128];
         f.extend_from_slice(b"DICM");
+        f.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        f.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        f.extend_from_slice(meta);
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn file(ts: &str, body: &[u8]) -> Vec<u8> {
         let mut v = ts.as_bytes().to_vec();
         if v.len() % 2 == 1 {
             v.push(0);
         }
-        f.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-        f.extend_from_slice(&(v.len() as u16).to_le_bytes());
-        f.extend_from_slice(&v);
-        f.extend_from_slice(body);
-        f
+        file_with_meta(&explicit((0x0002, 0x0010), b"UI", &v), body)
     }
 
     fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
@@ -729,18 +766,38 @@ mod tests {
 
     #[test]
     fn meta_element_with_undefined_length_is_refused_not_a_panic() {
-        let mut f = file("1.2.840.10008.1.2.1", &[]);
-        f.splice(
-            132..132,
-            [
-                0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
-            ],
-        );
-        let e = err(&f);
+        let meta = [
+            0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ];
+        let e = err(&file_with_meta(&meta, &[]));
         assert!(
             e.contains("file meta element (0002,0001) has an undefined length"),
             "{e}"
         );
+    }
+
+    /// Regression (fuzz, `ingest_file`): the walk took the data set to start at the
+    /// first element outside group 0002, dicom-rs where the group length says.
+    #[test]
+    fn the_meta_group_is_bounded_by_its_group_length() {
+        let ts = explicit((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1\0");
+        let stray = [ts.clone(), explicit((0xE302, 0x0012), b"UI", b"1.2\0")].concat();
+        let e = err(&file_with_meta(&stray, &[]));
+        assert!(
+            e.contains("element (E302,0012) stands inside the file meta group"),
+            "{e}"
+        );
+        let mut short = file_with_meta(&ts, &explicit((0x0008, 0x0060), b"CS", b"MG"));
+        short[140] -= 2; // the group length now ends inside the transfer syntax
+        let e = err(&short);
+        assert!(
+            e.contains("(0002,0010) runs past the end of the group"),
+            "{e}"
+        );
+        let mut no_length = file("1.2.840.10008.1.2.1", &[]);
+        no_length.drain(132..144);
+        let e = err(&no_length);
+        assert!(e.contains("does not open with its group length"), "{e}");
     }
 
     #[test]

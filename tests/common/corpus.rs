@@ -199,15 +199,21 @@ pub fn with_pixel_element(b: &[u8], ts: &str, element: &[u8]) -> Vec<u8> {
 /// A minimal file: preamble, marker, a meta group holding only the Transfer Syntax,
 /// then `body` (enough for every structural refusal).
 pub fn file(ts: &str, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 128];
-    f.extend_from_slice(b"DICM");
     let mut v = ts.as_bytes().to_vec();
     if v.len() % 2 == 1 {
         v.push(0);
     }
-    f.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-    f.extend_from_slice(&(v.len() as u16).to_le_bytes());
-    f.extend_from_slice(&v);
+    file_with_meta(&explicit((0x0002, 0x0010), b"UI", &v), body)
+}
+
+/// Preamble, marker, a file meta group of `meta` elements opened by its group length
+/// (0002,0000), then `body`.
+pub fn file_with_meta(meta: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 128];
+    f.extend_from_slice(b"DICM");
+    f.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+    f.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    f.extend_from_slice(meta);
     f.extend_from_slice(body);
     f
 }
@@ -360,14 +366,32 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
     ));
     cases.push(unreadable(
         "meta group without a transfer syntax",
-        {
-            let mut f = vec![0u8; 128];
-            f.extend_from_slice(b"DICM");
-            f.extend(explicit((0x0002, 0x0001), b"OB", &[0, 1]));
-            f.extend(explicit((0x0008, 0x0060), b"CS", b"MG"));
-            f
-        },
+        file_with_meta(
+            &explicit((0x0002, 0x0001), b"OB", &[0, 1]),
+            &explicit((0x0008, 0x0060), b"CS", b"MG"),
+        ),
         "file meta group has no Transfer Syntax UID (0002,0010)",
+    ));
+    // Found by the `ingest_file` fuzz target: dicom-rs starts the data set where the
+    // group length says, the walk started at the stray element (2 GB allocated).
+    cases.push(unreadable(
+        "regression: element of another group inside the meta group (fuzz OOM)",
+        file_with_meta(
+            &[
+                explicit((0x0002, 0x0010), b"UI", format!("{EXPLICIT}\0").as_bytes()),
+                explicit((0xE302, 0x0012), b"UI", b"1.2\0"),
+            ]
+            .concat(),
+            &base[dataset_start(&base)..],
+        ),
+        "element (E302,0012) stands inside the file meta group, which holds only group 0002",
+    ));
+    let mut meta_cut = base.clone();
+    meta_cut.drain(132..144);
+    cases.push(unreadable(
+        "meta group without its group length",
+        meta_cut,
+        "the file meta group does not open with its group length (0002,0000)",
     ));
     cases.push(unreadable(
         "100-byte transfer syntax",
@@ -377,13 +401,12 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
     // The structural guard used to slice past the end here and panic ("retry later").
     cases.push(unreadable(
         "meta element with a long VR and undefined length",
-        {
-            let mut f = vec![0u8; 128];
-            f.extend_from_slice(b"DICM");
-            f.extend_from_slice(&[0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0]);
-            f.extend_from_slice(&UNDEF);
-            f
-        },
+        file_with_meta(
+            &[
+                0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ],
+            &[],
+        ),
         "file meta element (0002,0001) has an undefined length or is a sequence",
     ));
 
