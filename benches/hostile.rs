@@ -1,7 +1,9 @@
 //! Peak memory and `/healthz` latency of a real `tamiz serve` (default limits) while
 //! the hostile corpus is sent: every case once, then each bomb 8 at once (a deflate
 //! bomb that inflates to 1 GiB, a 512 MiB body without its boundary, 3,000 nested
-//! sequences, a 256 MiB part). Prints a table; asserts nothing about time.
+//! sequences, a 256 MiB part), and 16 at once of a valid instance whose attributes
+//! before Pixel Data are just under `max_header_bytes` (the most an accepted upload
+//! makes ingest hold). Prints a table; asserts nothing about time.
 //!
 //! `cargo bench --bench hostile` (`make bench` runs it too). Targets (issue 5): peak
 //! resident memory under 1 GiB, `/healthz` within 100 ms throughout.
@@ -135,6 +137,27 @@ fn main() -> anyhow::Result<()> {
         (*label, c)
     })
     .chain(std::iter::once((
+        // Passes every check: what the header parse may hold, at its bound, per upload.
+        "valid instance with a private blob just under max_header_bytes",
+        {
+            let base = corpus::base_instance();
+            let at = corpus::dataset_start(&base);
+            let blob = corpus::explicit(
+                (0x0009, 0x1010),
+                b"OB",
+                &vec![0x5Au8; limits.max_header_bytes as usize - 4096],
+            );
+            Case {
+                name: "header at the bound".into(),
+                send: Send::Instance([&base[..at], &blob, &base[at..]].concat()),
+                expect: corpus::Expect::Error {
+                    status: 200,
+                    message: String::new(),
+                },
+            }
+        },
+    )))
+    .chain(std::iter::once((
         "512 MiB body without its boundary",
         Case {
             name: "no boundary".into(),
@@ -258,9 +281,15 @@ fn main() -> anyhow::Result<()> {
         },
     );
     for (label, case) in &bombs {
-        phase(format!("{label}, 8 at once"), &|| {
+        // 8 of each bomb at once; as many as may be admitted of the header case.
+        let n = if case.name == "header at the bound" {
+            limits.max_concurrent_uploads
+        } else {
+            8
+        };
+        phase(format!("{label}, {n} at once"), &|| {
             rt.block_on(async {
-                let sends = (0..8).map(|_| send(&http, &server.url, case));
+                let sends = (0..n).map(|_| send(&http, &server.url, case));
                 futures_util::future::join_all(sends).await
             })
         });

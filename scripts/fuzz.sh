@@ -38,8 +38,8 @@ for target in ingest_file stow_multipart; do
     echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/:" >&2
     grep -E "panicked|ERROR|SUMMARY|artifact" "$log" | head -20 >&2 || true
   fi
-  execs=$(grep -E "^stat::number_of_executed_units" "$log" | awk '{print $2}' | tail -1)
-  crashes=$(ls "fuzz/artifacts/$target" 2>/dev/null | wc -l)
+  execs=$(grep -E "^stat::number_of_executed_units" "$log" | awk '{print $2}' | tail -1 || true)
+  crashes=$(find "fuzz/artifacts/$target" -type f 2>/dev/null | wc -l)
   echo "fuzz: $target: ${execs:-0} executions in ${secs}s, $crashes crash file(s)" >&2
 done
 exit $status

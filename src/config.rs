@@ -66,6 +66,9 @@ pub struct Limits {
     /// Deepest sequence nesting accepted (checked before parsing: dicom-rs recurses
     /// per level and overflows a thread's stack at about 1,800).
     pub max_nesting_depth: usize,
+    /// Most value bytes in the attributes before Pixel Data (what ingest holds in
+    /// memory per instance while it reads the header).
+    pub max_header_bytes: u64,
     /// Upload requests processed at once; more are answered 503 with Retry-After.
     pub max_concurrent_uploads: usize,
     /// Bytes spooled across all uploads in progress; beyond it, 503 with Retry-After.
@@ -89,6 +92,7 @@ impl Limits {
         crate::dicom::guard::GuardLimits {
             max_depth: self.max_nesting_depth,
             max_inflated: self.max_instance_bytes,
+            max_header_bytes: self.max_header_bytes,
         }
     }
 }
@@ -220,6 +224,7 @@ impl Default for Limits {
             max_rows: 8192,
             max_columns: 8192,
             max_nesting_depth: 64,
+            max_header_bytes: 32 << 20,
             max_concurrent_uploads: 16,
             max_upload_bytes_in_flight: 2 << 30,
             max_multipart_header_bytes: 64 << 10,
@@ -377,6 +382,9 @@ impl Config {
             return bad(
                 "limits.header_timeout_secs and limits.body_idle_timeout_secs must be > 0".into(),
             );
+        }
+        if l.max_header_bytes < 64 << 10 {
+            return bad("limits.max_header_bytes must be at least 65536".into());
         }
         if l.max_multipart_header_bytes < 1024 {
             return bad("limits.max_multipart_header_bytes must be at least 1024".into());

@@ -21,6 +21,7 @@ pub fn corpus_limits() -> Limits {
         max_instance_bytes: 4 << 20,
         max_request_bytes: 16 << 20,
         max_upload_bytes_in_flight: 64 << 20,
+        max_header_bytes: 2 << 20,
         ..Limits::default()
     }
 }

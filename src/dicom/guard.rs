@@ -48,6 +48,38 @@ pub struct GuardLimits {
     pub max_depth: usize,
     /// Largest data set after inflating a Deflated transfer syntax.
     pub max_inflated: u64,
+    /// Most value bytes in the elements before the top-level Pixel Data: what the
+    /// header parse holds in memory at ingest.
+    pub max_header_bytes: u64,
+}
+
+/// Most bytes of text values in one instance. A mammogram's text attributes hold a few
+/// KB; dicom-rs splits text at each backslash into its own `String`, so a value of
+/// backslashes costs about 24 bytes of memory per byte of file.
+pub const MAX_TEXT_BYTES: u64 = 1 << 20;
+
+/// Text VRs (PS3.5 §6.2), whose values dicom-rs decodes into strings.
+fn text_vr(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"AE"
+            | b"AS"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"ST"
+            | b"TM"
+            | b"UC"
+            | b"UI"
+            | b"UR"
+            | b"UT"
+    )
 }
 
 /// What the walk found, for checks that need attribute values.
@@ -461,6 +493,8 @@ fn walk<R: BufRead>(
     let mut offsets: Option<Vec<u32>> = None;
     let mut fragments: Vec<u64> = Vec::new();
     let mut head: Vec<u8> = Vec::new();
+    // Value bytes before the top-level Pixel Data, and of text anywhere.
+    let (mut header_bytes, mut text_bytes) = (0u64, 0u64);
     loop {
         // Close every defined-length container that ends here.
         while let Some(end) = stack.last().and_then(Open::end) {
@@ -648,6 +682,32 @@ fn walk<R: BufRead>(
                     pixel_data = Some(PixelLayout::Native {
                         bytes: h.len as u64,
                     });
+                } else {
+                    if pixel_data.is_none() {
+                        header_bytes += h.len as u64;
+                        if header_bytes > limits.max_header_bytes {
+                            return Err(bad(format!(
+                                "the attributes before Pixel Data hold more than {} bytes (at element {}; limits.max_header_bytes)",
+                                limits.max_header_bytes,
+                                tag_name(h.tag)
+                            )));
+                        }
+                    }
+                    let vr = h.vr.or_else(|| {
+                        dict.by_tag(h.tag).and_then(|e| e.vr().exact()).map(|vr| {
+                            let b = vr.to_string().as_bytes();
+                            [b[0], b[1]]
+                        })
+                    });
+                    if vr.is_some_and(text_vr) {
+                        text_bytes += h.len as u64;
+                        if text_bytes > MAX_TEXT_BYTES {
+                            return Err(bad(format!(
+                                "text attributes hold more than {MAX_TEXT_BYTES} bytes (at element {}; a mammogram's hold a few KB)",
+                                tag_name(h.tag)
+                            )));
+                        }
+                    }
                 }
                 input.skip(h.tag, h.len as u64)?;
             }
@@ -667,6 +727,7 @@ mod tests {
     const LIMITS: GuardLimits = GuardLimits {
         max_depth: 8,
         max_inflated: 1 << 20,
+        max_header_bytes: 1 << 16,
     };
 
     /// Preamble, marker, a meta group of its length and `meta` elements, the data set.
@@ -854,7 +915,7 @@ mod tests {
         use std::io::Write;
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         let mut dataset = explicit((0x0008, 0x0060), b"CS", b"MG");
-        dataset.extend_from_slice(&[0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        dataset.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
         dataset.extend_from_slice(&(8u32 << 20).to_le_bytes());
         enc.write_all(&dataset).unwrap();
         enc.write_all(&vec![0u8; 8 << 20]).unwrap();
@@ -866,8 +927,9 @@ mod tests {
             "{e}"
         );
         let roomy = GuardLimits {
-            max_depth: 8,
             max_inflated: 16 << 20,
+            max_header_bytes: 16 << 20,
+            ..LIMITS
         };
         check_bytes(&bomb, roomy).unwrap();
     }
@@ -885,6 +947,33 @@ mod tests {
             e.contains("element (7F60,0010) has an undefined length, which only sequences, items and Pixel Data may have"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn header_bytes_and_text_bytes_are_bounded() {
+        let blob = explicit((0x0009, 0x1010), b"OB", &vec![0u8; (1 << 16) + 2]);
+        let e = err(&file("1.2.840.10008.1.2.1", &blob));
+        assert!(
+            e.contains("the attributes before Pixel Data hold more than 65536 bytes (at element (0009,1010)"),
+            "{e}"
+        );
+        // text: 1 MiB + 2 of backslashes (would become ~half a million strings)
+        let roomy = GuardLimits {
+            max_header_bytes: 4 << 20,
+            ..LIMITS
+        };
+        let text = explicit((0x0028, 0x0030), b"UT", &vec![b'\\'; (1 << 20) + 2]);
+        let e = check_bytes(&file("1.2.840.10008.1.2.1", &text), roomy)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("text attributes hold more than 1048576 bytes"),
+            "{e}"
+        );
+        // after Pixel Data, binary trailing data does not count as header
+        let mut after = explicit((0x7FE0, 0x0010), b"OW", &[0; 8]);
+        after.extend(explicit((0xFFFC, 0xFFFC), b"OB", &vec![0u8; (1 << 16) + 2]));
+        check_bytes(&file("1.2.840.10008.1.2.1", &after), LIMITS).unwrap();
     }
 
     #[test]

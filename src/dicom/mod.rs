@@ -45,8 +45,8 @@ pub fn read_header_uids(
     let total = file.metadata().map_err(io)?.len();
     let mut r = std::io::BufReader::with_capacity(1 << 16, file);
     let limits = guard::GuardLimits {
-        max_depth: Limits::default().max_nesting_depth,
         max_inflated: total.saturating_mul(4).max(1 << 20),
+        ..Limits::default().guard()
     };
     guard::check(&mut r, Some(total), limits)?;
     r.seek(SeekFrom::Start(0)).map_err(io)?;

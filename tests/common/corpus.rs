@@ -271,11 +271,11 @@ pub fn nested_defined(levels: usize) -> Vec<u8> {
 }
 
 /// A Deflated file whose data set inflates to about `inflated` bytes of zeros inside
-/// an OB element (a deflate bomb: zeros compress about 1000:1).
+/// the Pixel Data (a deflate bomb: zeros compress about 1000:1).
 pub fn deflate_bomb(inflated: u64) -> Vec<u8> {
     let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut head = explicit((0x0008, 0x0060), b"CS", b"MG");
-    head.extend_from_slice(&[0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+    head.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0]);
     head.extend_from_slice(&(inflated.min(u32::MAX as u64 - 1) as u32 & !1).to_le_bytes());
     enc.write_all(&head).expect("deflate");
     let zeros = vec![0u8; 1 << 20];
@@ -546,6 +546,23 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         "regression: undefined-length OB outside Pixel Data (fuzz OOM)",
         splice(&encapsulated_overlay),
         "element (7F60,0010) has an undefined length, which only sequences, items and Pixel Data may have",
+    ));
+    let header_max = limits.max_header_bytes;
+    if header_max < 64 << 20 {
+        cases.push(unreadable(
+            "private blob before Pixel Data over max_header_bytes",
+            splice(&explicit((0x0009, 0x1010), b"OB", &vec![0u8; header_max as usize + 2])),
+            format!("the attributes before Pixel Data hold more than {header_max} bytes (at element (0009,1010); limits.max_header_bytes)"),
+        ));
+    }
+    cases.push(unreadable(
+        "1 MiB of backslashes in a text value",
+        splice(&explicit(
+            (0x0018, 0x1000),
+            b"UT",
+            &vec![b'\\'; (1 << 20) + 2],
+        )),
+        "text attributes hold more than 1048576 bytes (at element (0018,1000)",
     ));
     cases.push(unreadable(
         "stray sequence delimiter",
