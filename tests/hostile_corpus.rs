@@ -135,6 +135,8 @@ async fn every_hostile_case_gets_its_exact_answer_and_changes_nothing() {
     assert_eq!(status, 200, "the valid base instance is stored: {body}");
     let stored = objects(&t);
     let (_, summary) = t.get_json("/api/v1/summary").await;
+    let counts = t.server.catalog.counts().await.unwrap();
+    assert_eq!((counts.studies, counts.instances), (1, 1));
 
     let cases = corpus::corpus(&limits);
     assert!(cases.len() >= 50, "the corpus has {} cases", cases.len());
@@ -152,6 +154,9 @@ async fn every_hostile_case_gets_its_exact_answer_and_changes_nothing() {
         );
         if objects(&t) != stored {
             wrong.push(format!("{}: the object store changed", case.name));
+        }
+        if t.server.catalog.counts().await.unwrap() != counts {
+            wrong.push(format!("{}: the catalog changed", case.name));
         }
     }
     assert!(

@@ -201,10 +201,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
         )
         .await
         .is_err());
-    let items: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM worklist_items")
-        .fetch_one(t.server.catalog.pool())
-        .await
-        .unwrap();
+    let items = t.server.catalog.counts().await.unwrap().worklist_items;
     assert_eq!(items, 1, "one study, one worklist item");
     t.stop().await;
 }

@@ -106,10 +106,7 @@ async fn a_study_gets_exactly_one_job_per_model_version() {
         )
         .await;
     assert_eq!(dup.unwrap(), InsertOutcome::Duplicate);
-    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
-        .fetch_one(c.pool())
-        .await
-        .unwrap();
+    let jobs = c.counts().await.unwrap().jobs;
     assert_eq!(jobs, 1);
     // an incomplete study is made ready only once stable
     c.insert_instance(
@@ -141,10 +138,7 @@ async fn a_study_gets_exactly_one_job_per_model_version() {
             .unwrap(),
         0
     );
-    let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs")
-        .fetch_one(c.pool())
-        .await
-        .unwrap();
+    let jobs = c.counts().await.unwrap().jobs;
     assert_eq!(jobs, 2);
 }
 

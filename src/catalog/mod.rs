@@ -49,6 +49,15 @@ pub enum InsertOutcome {
     Conflict { existing_sha256: String },
 }
 
+/// How many rows the main tables hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogCounts {
+    pub studies: i64,
+    pub instances: i64,
+    pub jobs: i64,
+    pub worklist_items: i64,
+}
+
 #[derive(Clone)]
 pub struct Catalog {
     pool: SqlitePool,
@@ -84,8 +93,21 @@ impl Catalog {
         Ok(Catalog { pool, salt })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Row counts of the main tables: what tests and operators check "nothing changed"
+    /// or "nothing duplicated" against, without SQL outside the catalog.
+    pub async fn counts(&self) -> Result<CatalogCounts> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM studies), (SELECT COUNT(*) FROM instances),
+                    (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM worklist_items)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(CatalogCounts {
+            studies: row.try_get(0)?,
+            instances: row.try_get(1)?,
+            jobs: row.try_get(2)?,
+            worklist_items: row.try_get(3)?,
+        })
     }
 
     /// Mirrors centers and targets from the configuration (the file is the source of
