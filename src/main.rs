@@ -25,6 +25,9 @@ enum Command {
         /// Configuration file [default: pipeline.toml, all defaults if it is absent].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// API and ingest only: run no triage workers (and load no model).
+        #[arg(long)]
+        no_workers: bool,
     },
     /// Upload DICOM files and folders to a tamiz server over STOW-RS.
     Upload {
@@ -108,11 +111,14 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, no_workers } => {
             init_tracing();
             let must_exist = config.is_some();
             let path = config.unwrap_or_else(|| PathBuf::from("pipeline.toml"));
-            let config = Config::load(&path, must_exist)?;
+            let mut config = Config::load(&path, must_exist)?;
+            if no_workers {
+                config.worker.concurrency = 0;
+            }
             rt.block_on(async {
                 let addr = config.server.http_addr.clone();
                 let listener = tokio::net::TcpListener::bind(&addr)

@@ -68,11 +68,13 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let model_version = card.version_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    let mut loaded_model = None;
 
     if config.worker.concurrency > 0 {
         let (path, threads) = (config.model.card.clone(), config.model.intra_threads);
         let model = tokio::task::spawn_blocking(move || Model::load(&path, threads)).await??;
         tracing::info!(model = %model.card.version_key(), notice = %model.card.notice, "model loaded");
+        loaded_model = Some(model.card.version_key());
         let ctx = WorkerContext {
             catalog: catalog.clone(),
             store: store.clone(),
@@ -107,6 +109,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         ingest,
         catalog: catalog.clone(),
         config: config.clone(),
+        model: loaded_model,
     });
     let addr = listener.local_addr()?;
     let (limits, http_shutdown) = (config.limits.clone(), shutdown_rx.clone());

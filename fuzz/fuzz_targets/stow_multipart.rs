@@ -55,6 +55,7 @@ fn app() -> &'static App {
                 },
                 catalog,
                 config,
+                model: None,
             })
         });
         App {

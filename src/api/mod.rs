@@ -25,12 +25,16 @@ pub struct AppState {
     pub ingest: Ingest,
     pub catalog: Catalog,
     pub config: std::sync::Arc<Config>,
+    /// `name@version` of the model this process runs workers with; `None` on an
+    /// API-only node.
+    pub model: Option<String>,
 }
 
 pub fn router(state: AppState) -> Router {
     let body_idle = std::time::Duration::from_secs(state.config.limits.body_idle_timeout_secs);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/dicomweb/studies", post(stow::store_instances))
         .route(
             "/dicomweb/studies/{study}",
@@ -99,6 +103,31 @@ impl IntoResponse for ApiError {
         }
         r
     }
+}
+
+/// Ready to take work: the catalog and the object store answer (and, where this
+/// process runs workers, the model is loaded, which start-up guarantees). 503 naming
+/// what is not ready otherwise. No patient data.
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let catalog = state.catalog.ping().await.err().map(|e| {
+        tracing::warn!(error = %e, "readiness: catalog");
+        "catalog unreachable (see server log)"
+    });
+    let store = state.ingest.store.check().await.err().map(|e| {
+        tracing::warn!(error = %e, "readiness: object store");
+        "object store unreachable (see server log)"
+    });
+    let problems: Vec<&str> = [catalog, store].into_iter().flatten().collect();
+    if !problems.is_empty() {
+        return ApiError::unavailable(format!("not ready: {}", problems.join("; ")), 5)
+            .into_response();
+    }
+    Json(json!({
+        "catalog": "ok",
+        "object_store": "ok",
+        "model": state.model,
+    }))
+    .into_response()
 }
 
 /// Makes every error body on every route the documented `{"error": "..."}`: axum's

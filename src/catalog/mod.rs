@@ -73,7 +73,9 @@ impl Catalog {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk before the client hears "stored" (NORMAL in
+            // WAL mode may lose the last commits on power loss).
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
@@ -91,6 +93,12 @@ impl Catalog {
                 .fetch_one(&pool)
                 .await?;
         Ok(Catalog { pool, salt })
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Row counts of the main tables: what tests and operators check "nothing changed"

@@ -64,7 +64,19 @@ impl FsStore {
             std::fs::copy(src, &tmp)?;
             std::fs::File::open(&tmp)?.sync_all()?;
             match std::fs::hard_link(&tmp, &dest) {
-                Ok(()) => Ok(PutOutcome::Created),
+                Ok(()) => {
+                    // The new name (and any folder made for it) is durable before the
+                    // catalog row that points at it: fsync the folders up to the root.
+                    let mut dir = dest.parent();
+                    while let Some(d) = dir {
+                        std::fs::File::open(d)?.sync_all()?;
+                        if d == self.root {
+                            break;
+                        }
+                        dir = d.parent();
+                    }
+                    Ok(PutOutcome::Created)
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
                 Err(e) => Err(e),
             }
@@ -119,6 +131,22 @@ impl ObjectStore for FsStore {
                     key: key.to_owned(),
                     source,
                 })
+        }
+        .boxed()
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let io = |source| StoreError::Io {
+                key: self.root.display().to_string(),
+                source,
+            };
+            let md = tokio::fs::metadata(&self.root).await.map_err(io)?;
+            if md.is_dir() {
+                Ok(())
+            } else {
+                Err(io(std::io::Error::other("not a directory")))
+            }
         }
         .boxed()
     }

@@ -45,6 +45,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Removes the object under `key`; removing an absent key is not an error. Only
     /// for objects that nothing references (the loser of an upload race).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Whether the store can be reached (for `/readyz`).
+    fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// The key of an instance. Callers pass UIDs that passed [`crate::dicom::is_valid_uid`].
