@@ -223,8 +223,10 @@ impl<R: BufRead> Input<R> {
             }
         }
         let start = self.pos;
+        // Never read past the cap (+1 to detect it), whatever the declared length.
+        let budget = len.min(self.cap.saturating_sub(self.pos).saturating_add(1));
         let copied =
-            io::copy(&mut (&mut self.r).take(len), &mut io::sink()).map_err(|e| self.io(e))?;
+            io::copy(&mut (&mut self.r).take(budget), &mut io::sink()).map_err(|e| self.io(e))?;
         self.pos += copied;
         self.check_cap()?;
         if copied < len {
@@ -433,7 +435,7 @@ fn read_file_meta<R: BufRead>(input: &mut Input<R>) -> Result<String, InvalidIns
                 return Err(declares_too_much(h.tag, h.len as u64, got as u64));
             }
             ts = String::from_utf8_lossy(&v)
-                .trim_end_matches(['\0', ' '])
+                .trim_end_matches(|c: char| c == '\0' || c.is_whitespace())
                 .to_owned();
         } else {
             input.skip(h.tag, h.len as u64)?;
