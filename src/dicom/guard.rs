@@ -978,6 +978,19 @@ mod tests {
         check_bytes(&file("1.2.840.10008.1.2.1", &after), LIMITS).unwrap();
     }
 
+    /// Review finding: dicom-rs trims any trailing whitespace from the transfer syntax;
+    /// a walk that kept the tab read Explicit VR where dicom-rs reads Implicit VR.
+    #[test]
+    fn the_transfer_syntax_is_trimmed_as_dicom_rs_trims_it() {
+        // implicit VR: (0009,0010) with a length whose bytes spell "OB" in explicit VR
+        let body = [0x09, 0x00, 0x10, 0x00, b'O', b'B', 0xFF, 0xFF, 0, 0, 0, 0];
+        let e = err(&file("1.2.840.10008.1.2\t", &body));
+        assert!(
+            e.contains("(0009,0010) declares"),
+            "walked as implicit VR: {e}"
+        );
+    }
+
     #[test]
     fn unknown_vr_is_refused() {
         let body = explicit((0x0018, 0x0015), b"C[", b"BREAST");
