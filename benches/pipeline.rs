@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
                         ))?;
                 let path = dir.path().join(format!("in-{s}-{v}.dcm"));
                 o.write_to_file(&path)?;
-                ingest.ingest_file(&path, None, None).await?;
+                ingest.ingest_file(&path, None, None, ()).await?;
             }
         }
         // Fetching a study's four objects alone, for the breakdown.

@@ -83,6 +83,14 @@ pub struct Limits {
     pub header_timeout_secs: u64,
     /// A request body that sends nothing for this long is refused (408).
     pub body_idle_timeout_secs: u64,
+    /// Most parts (instances) in one STOW-RS request; beyond it, 413.
+    pub max_parts_per_request: usize,
+    /// After the first `body_idle_timeout_secs`, a request body must arrive at least
+    /// this fast on average (408 otherwise): a client trickling a byte now and then
+    /// would otherwise hold an upload slot for as long as it likes.
+    pub min_upload_bytes_per_sec: u64,
+    /// Longest time one upload request may take, whatever its rate (408 beyond it).
+    pub max_upload_secs: u64,
 }
 
 impl Limits {
@@ -231,6 +239,9 @@ impl Default for Limits {
             max_connections: 1024,
             header_timeout_secs: 30,
             body_idle_timeout_secs: 60,
+            max_parts_per_request: 1000,
+            min_upload_bytes_per_sec: 16 << 10,
+            max_upload_secs: 3600,
         }
     }
 }
@@ -385,6 +396,11 @@ impl Config {
         }
         if l.max_header_bytes < 64 << 10 {
             return bad("limits.max_header_bytes must be at least 65536".into());
+        }
+        if l.max_parts_per_request == 0 || l.max_upload_secs == 0 {
+            return bad(
+                "limits.max_parts_per_request and limits.max_upload_secs must be at least 1".into(),
+            );
         }
         if l.max_multipart_header_bytes < 1024 {
             return bad("limits.max_multipart_header_bytes must be at least 1024".into());

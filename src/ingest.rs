@@ -86,28 +86,38 @@ impl Ingest {
     /// Validates and stores one instance from `path`. `expected_study` is the study
     /// named in the request URL, if any; `declared_center` the imaging center the
     /// uploader says it is.
-    pub async fn ingest_file(
+    ///
+    /// `hold` (the upload's admission permit and spool file) moves into the blocking
+    /// parse and is dropped when the parse ends: if the client goes away and this
+    /// future is dropped, the parse still runs to its end, and the bounds it counts
+    /// against stay taken until then.
+    pub async fn ingest_file<H: Send + 'static>(
         &self,
         path: &Path,
         expected_study: Option<&str>,
         declared_center: Option<&str>,
+        hold: H,
     ) -> Result<(InstanceMeta, Accepted), IngestError> {
         let limits = self.config.limits.clone();
         let p = path.to_owned();
-        let (meta, sha256, size) =
-            match tokio::task::spawn_blocking(move || parse_and_hash(&p, &limits)).await {
-                Ok(r) => r?,
-                // A panic while reading the file is a parser bug that these bytes trigger:
-                // retrying them cannot help, so it is a refusal, not "retry later".
-                Err(e) if e.is_panic() => {
-                    tracing::error!(study = ?expected_study, "parsing an upload panicked");
-                    return Err(InvalidInstance::NotDicom(
-                        "the file could not be parsed (internal parser failure, logged)".into(),
-                    )
-                    .into());
-                }
-                Err(e) => return Err(IngestError::Io(std::io::Error::other(e))),
-            };
+        let parse = move || {
+            let r = parse_and_hash(&p, &limits);
+            drop(hold);
+            r
+        };
+        let (meta, sha256, size) = match tokio::task::spawn_blocking(parse).await {
+            Ok(r) => r?,
+            // A panic while reading the file is a parser bug that these bytes trigger:
+            // retrying them cannot help, so it is a refusal, not "retry later".
+            Err(e) if e.is_panic() => {
+                tracing::error!(study = ?expected_study, "parsing an upload panicked");
+                return Err(InvalidInstance::NotDicom(
+                    "the file could not be parsed (internal parser failure, logged)".into(),
+                )
+                .into());
+            }
+            Err(e) => return Err(IngestError::Io(std::io::Error::other(e))),
+        };
         if let Some(expected) = expected_study {
             if expected != meta.study_uid {
                 return Err(InvalidInstance::WrongStudy {
@@ -132,8 +142,7 @@ impl Ingest {
         if !created {
             // An uncatalogued object: left by a crash after the write (adopt it if it
             // is the same bytes) or by a concurrent upload of different bytes.
-            let stored = self.store.get(&key).await?;
-            if hex::encode(Sha256::digest(&stored)) != sha256 {
+            if crate::storage::sha256(self.store.as_ref(), &key).await? != sha256 {
                 return Err(conflict());
             }
         }

@@ -42,24 +42,26 @@ impl From<std::io::Error> for SpoolError {
 
 #[derive(Clone)]
 pub struct Spool {
-    dir: PathBuf,
+    run: Arc<RunDir>,
     uploads: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     max_uploads: usize,
     max_bytes: u64,
 }
 
-/// Held for the whole of one upload request.
+/// Held for the whole of one upload request, and by the blocking work it starts
+/// (cloned into it), so that a client that goes away does not free its slot while its
+/// last instance is still being parsed.
+#[derive(Clone)]
 pub struct UploadPermit {
-    _permit: OwnedSemaphorePermit,
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Spool {
     /// Opens (creating) the spool directory and removes what dead processes left.
     pub fn open(dir: impl Into<PathBuf>, limits: &Limits) -> std::io::Result<Spool> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
-        let removed = remove_stale(&dir, "upload-")?;
+        let (run, removed) = RunDir::open(&dir, "upload-")?;
         if removed > 0 {
             tracing::info!(files = removed, dir = %dir.display(), "removed stale upload files");
         }
@@ -68,7 +70,7 @@ impl Spool {
             .max_upload_bytes_in_flight
             .min(usize::MAX as u64 >> 3);
         Ok(Spool {
-            dir,
+            run: Arc::new(run),
             uploads: Arc::new(Semaphore::new(limits.max_concurrent_uploads)),
             bytes: Arc::new(Semaphore::new(max_bytes as usize)),
             max_uploads: limits.max_concurrent_uploads,
@@ -77,14 +79,16 @@ impl Spool {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.run.dir()
     }
 
     /// Admits one upload request, or refuses it when `max_concurrent_uploads` are
     /// already in progress.
     pub fn admit(&self) -> Result<UploadPermit, SpoolError> {
         match self.uploads.clone().try_acquire_owned() {
-            Ok(p) => Ok(UploadPermit { _permit: p }),
+            Ok(p) => Ok(UploadPermit {
+                _permit: Arc::new(p),
+            }),
             Err(_) => Err(SpoolError::Busy(format!(
                 "{} uploads are in progress (limits.max_concurrent_uploads)",
                 self.max_uploads
@@ -94,11 +98,7 @@ impl Spool {
 
     /// A new, empty spool file.
     pub async fn create(&self) -> Result<SpoolFile, SpoolError> {
-        let path = self.dir.join(format!(
-            "upload-{}-{:016x}.dcm",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
+        let path = self.run.new_path(".dcm");
         let file = tokio::fs::File::create(&path).await?;
         Ok(SpoolFile {
             path,
@@ -178,31 +178,120 @@ impl Drop for SpoolFile {
     }
 }
 
-/// Removes the files in `dir` named `{prefix}{pid}-...` whose process is gone (so a
-/// second process on the same directory never loses a file in use). Returns how many.
-pub fn remove_stale(dir: &Path, prefix: &str) -> std::io::Result<usize> {
-    let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
-            continue;
+/// This process's claim on a folder of temporary files (the spool, the object
+/// store's temp folder). Its files are named `{prefix}{run}-…`, with a random run id,
+/// and it holds an exclusive `flock` on `.run-{run}.lock` for as long as it lives. The
+/// kernel releases that lock when the process dies, however it dies, so a lock that can
+/// be taken marks a dead run; pids would not do (in a container every server is pid 1).
+#[derive(Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+    prefix: &'static str,
+    run: String,
+    _lock: std::fs::File,
+}
+
+const LOCK_PREFIX: &str = ".run-";
+const LOCK_SUFFIX: &str = ".lock";
+
+impl RunDir {
+    /// Creates `dir` if needed, takes a new run's lock, then removes the files of runs
+    /// that are gone (and of files named by no run's lock). Returns how many it removed.
+    pub fn open(dir: &Path, prefix: &'static str) -> std::io::Result<(RunDir, usize)> {
+        std::fs::create_dir_all(dir)?;
+        let run = format!("{:016x}", rand::random::<u64>());
+        let lock_path = dir.join(format!("{LOCK_PREFIX}{run}{LOCK_SUFFIX}"));
+        let lock = std::fs::File::create(&lock_path)?;
+        lock.try_lock()
+            .map_err(|e| std::io::Error::other(format!("locking {}: {e}", lock_path.display())))?;
+        let this = RunDir {
+            dir: dir.to_owned(),
+            prefix,
+            run,
+            _lock: lock,
         };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| p == std::process::id() || process_alive(p));
-        if !alive && entry.file_type()?.is_file() {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => removed += 1,
+        let removed = this.remove_stale()?;
+        Ok((this, removed))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh file name of this run inside the folder.
+    pub fn new_path(&self, suffix: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{}{}-{:016x}{suffix}",
+            self.prefix,
+            self.run,
+            rand::random::<u64>()
+        ))
+    }
+
+    fn remove_stale(&self) -> std::io::Result<usize> {
+        // Dead runs: their lock can be taken. Held until their files are gone, so that
+        // another process cleaning at the same time skips them.
+        let mut dead = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(run) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(LOCK_PREFIX))
+                .and_then(|n| n.strip_suffix(LOCK_SUFFIX))
+            else {
+                continue;
+            };
+            if run == self.run {
+                continue;
+            }
+            let Ok(file) = std::fs::File::open(entry.path()) else {
+                continue;
+            };
+            if file.try_lock().is_ok() {
+                dead.push((run.to_owned(), entry.path(), file));
+            }
+        }
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(rest) = name
+                .to_str()
+                .filter(|n| !n.starts_with(LOCK_PREFIX))
+                .and_then(|n| n.strip_prefix(self.prefix))
+            else {
+                continue;
+            };
+            let run = rest.split('-').next().unwrap_or_default();
+            if run == self.run || !entry.file_type()?.is_file() {
+                continue;
+            }
+            // A live run's lock file exists before its first file does; a file whose
+            // run has no lock file was left by a run that is gone (or by an older
+            // version, which named files by pid).
+            let is_dead = dead.iter().any(|(d, _, _)| d == run)
+                || !self
+                    .dir
+                    .join(format!("{LOCK_PREFIX}{run}{LOCK_SUFFIX}"))
+                    .exists();
+            if is_dead {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for (_, path, _lock) in dead {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(removed)
     }
-    Ok(removed)
-}
-
-fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 #[cfg(test)]
@@ -239,19 +328,44 @@ mod tests {
         b.write(b"12345").await.unwrap();
     }
 
+    /// Review finding: stale files were matched by pid, and in a container every
+    /// server is pid 1. A run's lock, not its pid, tells whether it is alive.
     #[test]
-    fn stale_files_of_dead_processes_are_removed() {
+    fn stale_files_of_dead_runs_are_removed_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mine = dir
-            .path()
-            .join(format!("upload-{}-1.dcm", std::process::id()));
-        // pid 0x7FFFFFFE is above pid_max on Linux: never a live process.
-        let dead = dir.path().join("upload-2147483646-2.dcm");
+        let (live, removed) = RunDir::open(dir.path(), "upload-").unwrap();
+        assert_eq!(removed, 0);
+        let mine = live.new_path(".dcm");
+        // a run that died: its lock file is there, unlocked
+        std::fs::write(dir.path().join(".run-00000000deadbeef.lock"), b"").unwrap();
+        let dead = dir.path().join("upload-00000000deadbeef-1.dcm");
+        // an older version's pid-named file, and an unrelated file
+        let legacy = dir.path().join("upload-1-2.dcm");
         let other = dir.path().join("keep.txt");
-        for p in [&mine, &dead, &other] {
+        for p in [&mine, &dead, &legacy, &other] {
             std::fs::write(p, b"x").unwrap();
         }
-        assert_eq!(remove_stale(dir.path(), "upload-").unwrap(), 1);
-        assert!(mine.exists() && other.exists() && !dead.exists());
+        let (second, removed) = RunDir::open(dir.path(), "upload-").unwrap();
+        assert_eq!(removed, 2);
+        assert!(mine.exists(), "a live run's file is kept");
+        assert!(other.exists() && !dead.exists() && !legacy.exists());
+        assert!(!dir.path().join(".run-00000000deadbeef.lock").exists());
+        // once the first run is gone, the next one removes its file
+        drop(live);
+        drop(second);
+        let (_third, removed) = RunDir::open(dir.path(), "upload-").unwrap();
+        assert_eq!(removed, 1);
+        assert!(!mine.exists());
+        let locks = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".run-")
+            })
+            .count();
+        assert_eq!(locks, 1, "only the live run's lock remains");
     }
 }

@@ -75,7 +75,7 @@ async fn damaged_instances_are_answered_and_never_half_stored() {
                 // A damaged file is the sender's to fix: a refusal naming the problem,
                 // never "processing failure, retry later" (how a guard panic once hid).
                 assert!(
-                    matches!(reason, Some(0xC000 | 0xA900 | 0x0122 | 0x0111)),
+                    matches!(reason, Some(0xC000 | 0xC122 | 0xA900 | 0x0122 | 0x0111)),
                     "round {round}: reason {reason:?}: {body}"
                 );
                 assert!(

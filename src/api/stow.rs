@@ -16,8 +16,6 @@
 //! again); 400/408/413/415 `{"error"}` for a request that cannot be read, 503 when the
 //! server is at its upload bounds.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -169,7 +167,7 @@ fn body_failed(e: &multer::Error) -> ApiError {
         Some(b @ BodyError::TooLarge(_)) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, b.to_string())
         }
-        Some(b @ BodyError::IdleTimeout(_)) => {
+        Some(b @ (BodyError::IdleTimeout(_) | BodyError::TooSlow(_))) => {
             ApiError::new(StatusCode::REQUEST_TIMEOUT, b.to_string())
         }
         Some(b) => ApiError::bad_request(format!("malformed multipart body: {b}")),
@@ -206,7 +204,7 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
     };
     let spool = state.ingest.spool.clone();
     // Held until the response is built: the bound on uploads in progress.
-    let _admitted = match spool.admit() {
+    let admitted = match spool.admit() {
         Ok(p) => p,
         Err(e) => return spool_failed(e).into_response(),
     };
@@ -215,13 +213,7 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let limits = &state.config.limits;
-    let stream = framed_body(
-        body,
-        &boundary,
-        limits.max_multipart_header_bytes,
-        limits.max_request_bytes,
-        Duration::from_secs(limits.body_idle_timeout_secs),
-    );
+    let stream = framed_body(body, &boundary, limits);
     let mut multipart = multer::Multipart::new(stream, boundary);
     let mut results = Vec::new();
     loop {
@@ -230,6 +222,16 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             Ok(None) => break,
             Err(e) => return after_parts(body_failed(&e), &results),
         };
+        if results.len() >= limits.max_parts_per_request {
+            let e = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request holds more than {} parts (limits.max_parts_per_request); send fewer instances per request",
+                    limits.max_parts_per_request
+                ),
+            );
+            return after_parts(e, &results);
+        }
         let part_type = field.content_type().map(|m| m.essence_str().to_owned());
         if part_type.as_deref() != Some("application/dicom") {
             // Drain the part so the next one can be read.
@@ -264,9 +266,18 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
             Err(PartError::Body(e)) => return after_parts(body_failed(&e), &results),
             Err(PartError::Spool(e)) => return after_parts(spool_failed(e), &results),
         };
+        // The parse holds the upload slot and the spool file (and its bytes in flight)
+        // until it ends, even if this request is dropped before that.
+        let spooled = std::sync::Arc::new(spooled);
+        let hold = (admitted.clone(), spooled.clone());
         let result = match state
             .ingest
-            .ingest_file(spooled.path(), study.as_deref(), declared_center.as_deref())
+            .ingest_file(
+                spooled.path(),
+                study.as_deref(),
+                declared_center.as_deref(),
+                hold,
+            )
             .await
         {
             Ok((meta, _)) => PartResult::Stored {

@@ -29,6 +29,33 @@ pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 pub const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+/// The transfer syntaxes a mammogram may come in (PS3.5 §10 and Annex A), and the
+/// only ones accepted: dicom-rs also reads others (JPIP Referenced Deflate, for one,
+/// which it inflates without this walk's cap), so every other one is refused before
+/// it runs.
+pub const ACCEPTED_TRANSFER_SYNTAXES: &[&str] = &[
+    IMPLICIT_VR_LE,
+    "1.2.840.10008.1.2.1",
+    DEFLATED,
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+    RLE_LOSSLESS,
+];
+/// What one element header costs in dicom-rs's in-memory tree beyond its value bytes
+/// (tag, VR, length, value enum, map entry), and what one item costs (a whole nested
+/// data set object: about 1 KB measured). Charged against `max_header_bytes`, so a
+/// file of many empty elements or items cannot grow a tree far larger than itself.
+pub const ELEMENT_COST: u64 = 128;
+pub const ITEM_COST: u64 = 1024;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
 const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
@@ -162,6 +189,37 @@ fn known_vr(vr: [u8; 2]) -> bool {
                 | b"UL"
                 | b"US"
         )
+}
+
+/// The size of one value of a fixed-size binary VR (PS3.5 §6.2). dicom-rs reads
+/// `length / size` values and then moves on by `length`: a length that is not a
+/// multiple leaves its reader out of step with the file (found by fuzzing: a UL of
+/// length 2 shifted the parse into a 1.3 GB allocation).
+fn value_size(vr: [u8; 2]) -> Option<u64> {
+    match &vr {
+        b"US" | b"SS" | b"OW" => Some(2),
+        b"UL" | b"SL" | b"FL" | b"OF" | b"OL" | b"AT" => Some(4),
+        b"FD" | b"OD" | b"SV" | b"UV" | b"OV" => Some(8),
+        _ => None,
+    }
+}
+
+/// The VR dicom-rs gives an element: the explicit one, or in Implicit VR the
+/// dictionary's (relaxed: US or SS reads as US, OB or OW as OW), OW for Pixel Data and
+/// Overlay Data, UN for an unknown tag.
+fn resolved_vr(h: &Header, dict: &StandardDataDictionary) -> [u8; 2] {
+    if let Some(vr) = h.vr {
+        return vr;
+    }
+    let vr = if h.tag == PIXEL_DATA || (h.tag.0 >> 8 == 0x60 && h.tag.1 == 0x3000) {
+        VR::OW
+    } else {
+        dict.by_tag(h.tag)
+            .map(|e| e.vr().relaxed())
+            .unwrap_or(VR::UN)
+    };
+    let b = vr.to_string().as_bytes();
+    [b[0], b[1]]
 }
 
 /// A byte stream with its position, the bytes known to remain (a file) or a cap on
@@ -334,9 +392,15 @@ pub fn check<R: BufRead>(
         "" => Err(bad(
             "file meta group has no Transfer Syntax UID (0002,0010)".into(),
         )),
-        EXPLICIT_VR_BE => Err(bad(
-            "Explicit VR Big Endian is retired and not accepted".into()
+        EXPLICIT_VR_BE => Err(InvalidInstance::UnsupportedTransferSyntax(
+            "Explicit VR Big Endian (1.2.840.10008.1.2.2) is retired and not accepted".into(),
         )),
+        other if !ACCEPTED_TRANSFER_SYNTAXES.contains(&other) => {
+            Err(InvalidInstance::UnsupportedTransferSyntax(format!(
+                "transfer syntax `{}` is not accepted (accepted: Implicit and Explicit VR Little Endian, Deflated, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE Lossless)",
+                other.chars().take(64).map(|c| if c.is_control() { '?' } else { c }).collect::<String>()
+            )))
+        }
         DEFLATED => {
             let inflater =
                 io::BufReader::with_capacity(1 << 16, flate2::bufread::DeflateDecoder::new(&mut r));
@@ -495,8 +559,20 @@ fn walk<R: BufRead>(
     let mut offsets: Option<Vec<u32>> = None;
     let mut fragments: Vec<u64> = Vec::new();
     let mut head: Vec<u8> = Vec::new();
-    // Value bytes before the top-level Pixel Data, and of text anywhere.
-    let (mut header_bytes, mut text_bytes) = (0u64, 0u64);
+    // What dicom-rs's tree would hold (value bytes before the top-level Pixel Data,
+    // node costs anywhere), and text bytes anywhere.
+    let (mut tree_bytes, mut text_bytes) = (0u64, 0u64);
+    let max_tree = limits.max_header_bytes;
+    let charge = |total: &mut u64, n: u64, tag: Tag| -> Result<(), InvalidInstance> {
+        *total += n;
+        if *total > max_tree {
+            return Err(bad(format!(
+                "the attributes hold more than {max_tree} bytes of data set (at element {}; limits.max_header_bytes counts value bytes before Pixel Data, {ELEMENT_COST} per element and {ITEM_COST} per item)",
+                tag_name(tag)
+            )));
+        }
+        Ok(())
+    };
     loop {
         // Close every defined-length container that ends here.
         while let Some(end) = stack.last().and_then(Open::end) {
@@ -537,6 +613,8 @@ fn walk<R: BufRead>(
                     ));
                 }
                 if !top_level {
+                    // An icon image's fragments: dicom-rs loads them with the header.
+                    charge(&mut tree_bytes, ITEM_COST + h.len as u64, h.tag)?;
                     input.skip(h.tag, h.len as u64)?;
                     continue;
                 }
@@ -606,6 +684,7 @@ fn walk<R: BufRead>(
                 )));
             }
             (ITEM, Some(Open::Sequence { .. })) => {
+                charge(&mut tree_bytes, ITEM_COST, h.tag)?;
                 let end = end_of(input);
                 check_inside(&stack, end)?;
                 stack.push(Open::Item { end });
@@ -633,6 +712,7 @@ fn walk<R: BufRead>(
                 )));
             }
             _ => {
+                charge(&mut tree_bytes, ELEMENT_COST, h.tag)?;
                 let is_sequence = match h.vr {
                     Some(vr) => &vr == b"SQ",
                     // Implicit VR: the dictionary says, and an unknown (private) element
@@ -677,6 +757,17 @@ fn walk<R: BufRead>(
                     stack.push(Open::Fragments { top_level });
                     continue;
                 }
+                let vr = resolved_vr(&h, &dict);
+                if let Some(size) = value_size(vr) {
+                    if !(h.len as u64).is_multiple_of(size) {
+                        return Err(bad(format!(
+                            "element {} has VR {} of {size}-byte values but a length of {} bytes (PS3.5 §6.2)",
+                            tag_name(h.tag),
+                            String::from_utf8_lossy(&vr),
+                            h.len
+                        )));
+                    }
+                }
                 if stack.is_empty() && h.tag == PIXEL_DATA {
                     if pixel_data.is_some() {
                         return Err(bad("the data set holds Pixel Data twice".into()));
@@ -686,22 +777,9 @@ fn walk<R: BufRead>(
                     });
                 } else {
                     if pixel_data.is_none() {
-                        header_bytes += h.len as u64;
-                        if header_bytes > limits.max_header_bytes {
-                            return Err(bad(format!(
-                                "the attributes before Pixel Data hold more than {} bytes (at element {}; limits.max_header_bytes)",
-                                limits.max_header_bytes,
-                                tag_name(h.tag)
-                            )));
-                        }
+                        charge(&mut tree_bytes, h.len as u64, h.tag)?;
                     }
-                    let vr = h.vr.or_else(|| {
-                        dict.by_tag(h.tag).and_then(|e| e.vr().exact()).map(|vr| {
-                            let b = vr.to_string().as_bytes();
-                            [b[0], b[1]]
-                        })
-                    });
-                    if vr.is_some_and(text_vr) {
+                    if text_vr(vr) {
                         text_bytes += h.len as u64;
                         if text_bytes > MAX_TEXT_BYTES {
                             return Err(bad(format!(
@@ -956,7 +1034,9 @@ mod tests {
         let blob = explicit((0x0009, 0x1010), b"OB", &vec![0u8; (1 << 16) + 2]);
         let e = err(&file("1.2.840.10008.1.2.1", &blob));
         assert!(
-            e.contains("the attributes before Pixel Data hold more than 65536 bytes (at element (0009,1010)"),
+            e.contains(
+                "the attributes hold more than 65536 bytes of data set (at element (0009,1010)"
+            ),
             "{e}"
         );
         // text: 1 MiB + 2 of backslashes (would become ~half a million strings)
@@ -989,6 +1069,91 @@ mod tests {
             e.contains("(0009,0010) declares"),
             "walked as implicit VR: {e}"
         );
+    }
+
+    /// Regression (fuzz, `ingest_file`, `fuzz/regressions/ingest_file/oom-13f5…`): a
+    /// UL of length 2 left dicom-rs two bytes out of step with the file; it then read
+    /// pixel values as a header and allocated 1.3 GB for a 7 KB file.
+    #[test]
+    fn a_binary_value_length_must_be_a_multiple_of_its_size() {
+        let body = explicit((0x0028, 0x0002), b"UL", &[1, 0]);
+        let e = err(&file("1.2.840.10008.1.2.1", &body));
+        assert!(
+            e.contains("(0028,0002) has VR UL of 4-byte values but a length of 2 bytes"),
+            "{e}"
+        );
+        // implicit VR: the dictionary's VR (Rows is US) and OW for Pixel Data
+        let mut implicit = vec![0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        implicit.push(0);
+        let e = err(&file(IMPLICIT_VR_LE, &implicit[..11]));
+        assert!(
+            e.contains("(0028,0010) has VR US of 2-byte values but a length of 3"),
+            "{e}"
+        );
+        let pixels = [0xE0, 0x7F, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3];
+        let e = err(&file(IMPLICIT_VR_LE, &pixels));
+        assert!(e.contains("(7FE0,0010) has VR OW of 2-byte values"), "{e}");
+        let fuzzed = include_bytes!(
+            "../../fuzz/regressions/ingest_file/oom-13f55430e826602f6d6567f68e9cb5429b7fe016"
+        );
+        let e = err(fuzzed);
+        assert!(
+            e.contains("has VR UL of 4-byte values but a length of 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn empty_items_and_icon_fragments_are_charged() {
+        // 64 KiB / 1 KiB per item: the 65th empty item is refused
+        let mut b = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0];
+        b.extend_from_slice(&UNDEFINED.to_le_bytes());
+        for _ in 0..70 {
+            b.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        }
+        b.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let e = err(&file("1.2.840.10008.1.2.1", &b));
+        assert!(
+            e.contains("more than 65536 bytes of data set (at element (FFFE,E000)"),
+            "{e}"
+        );
+        // 60 items pass
+        let mut ok = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0];
+        ok.extend_from_slice(&UNDEFINED.to_le_bytes());
+        for _ in 0..60 {
+            ok.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        }
+        ok.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        check_bytes(&file("1.2.840.10008.1.2.1", &ok), LIMITS).unwrap();
+        // an icon's encapsulated fragments count as header bytes
+        let mut icon = vec![0x88, 0x00, 0x00, 0x02, b'S', b'Q', 0, 0];
+        icon.extend_from_slice(&UNDEFINED.to_le_bytes());
+        icon.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        icon.extend_from_slice(&[
+            0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        icon.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        icon.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        icon.extend_from_slice(&(70_000u32).to_le_bytes());
+        icon.extend(std::iter::repeat_n(0u8, 70_000));
+        let e = err(&file("1.2.840.10008.1.2.1", &icon));
+        assert!(
+            e.contains("more than 65536 bytes of data set (at element (FFFE,E000)"),
+            "{e}"
+        );
+    }
+
+    /// Review finding: dicom-rs inflates JPIP Referenced Deflate itself, uncapped.
+    #[test]
+    fn only_listed_transfer_syntaxes_pass() {
+        for ts in ["1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205", "1.2.3"] {
+            let e = check_bytes(&file(ts, &[]), LIMITS).unwrap_err();
+            assert_eq!(e.failure_reason(), 0xC122, "{ts}");
+            assert!(
+                e.to_string().contains(&format!("`{ts}` is not accepted")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -159,6 +159,8 @@ pub enum InvalidInstance {
     },
     #[error("encapsulated Pixel Data is not usable: {0}")]
     BadFragments(String),
+    #[error("unsupported transfer syntax: {0}")]
+    UnsupportedTransferSyntax(String),
 }
 
 impl InvalidInstance {
@@ -172,6 +174,8 @@ impl InvalidInstance {
             InvalidInstance::NotMammography { .. } => 0x0122,
             InvalidInstance::UnsupportedPixels(_) => 0xC000,
             InvalidInstance::BadFragments(_) => 0xC000,
+            // PS3.4 Table GG.4-1: Referenced Transfer Syntax not supported.
+            InvalidInstance::UnsupportedTransferSyntax(_) => 0xC122,
             _ => 0xA900,
         }
     }

@@ -7,16 +7,20 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{check_key, ObjectStore, PutOutcome, StoreError};
+use super::{check_key, ObjectReader, ObjectStore, PutOutcome, StoreError};
+use crate::spool::RunDir;
 
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
+    /// The temp folder `.tmp`, claimed for this process's run.
+    tmp: Arc<RunDir>,
 }
 
 impl FsStore {
@@ -26,14 +30,15 @@ impl FsStore {
             key: root.display().to_string(),
             source,
         };
-        let tmp = root.join(".tmp");
-        std::fs::create_dir_all(&tmp).map_err(io)?;
         // Temp copies of writes interrupted by a crash: never linked, never needed.
-        let removed = crate::spool::remove_stale(&tmp, "").map_err(io)?;
+        let (tmp, removed) = RunDir::open(&root.join(".tmp"), "").map_err(io)?;
         if removed > 0 {
             tracing::info!(files = removed, "removed stale object-store temp files");
         }
-        Ok(FsStore { root })
+        Ok(FsStore {
+            root,
+            tmp: Arc::new(tmp),
+        })
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -55,11 +60,7 @@ impl FsStore {
         }
         // Copy into our own temp file and fsync it, so the object does not depend on
         // the caller's file (which may be on another filesystem and is deleted later).
-        let tmp = self.root.join(".tmp").join(format!(
-            "{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
+        let tmp = self.tmp.new_path("");
         let result = (|| {
             std::fs::copy(src, &tmp)?;
             std::fs::File::open(&tmp)?.sync_all()?;
@@ -110,6 +111,23 @@ impl ObjectStore for FsStore {
             let path = self.path(key)?;
             match tokio::fs::read(&path).await {
                 Ok(b) => Ok(Bytes::from(b)),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    Err(StoreError::NotFound(key.to_owned()))
+                }
+                Err(source) => Err(StoreError::Io {
+                    key: key.to_owned(),
+                    source,
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn reader<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StoreError>> {
+        async move {
+            let path = self.path(key)?;
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => Ok(Box::new(f) as ObjectReader),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     Err(StoreError::NotFound(key.to_owned()))
                 }
@@ -189,6 +207,8 @@ mod tests {
             PutOutcome::AlreadyExists
         );
         assert_eq!(&store.get(key).await.unwrap()[..], b"first");
+        let expected = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"first"));
+        assert_eq!(super::super::sha256(&store, key).await.unwrap(), expected);
         assert!(store.exists(key).await.unwrap());
         assert!(matches!(
             store.get("studies/9.dcm").await,
@@ -198,12 +218,12 @@ mod tests {
             store.get("../etc/passwd").await,
             Err(StoreError::BadKey(_))
         ));
-        // no temp files left behind
+        // no temp files left behind (only this run's lock)
         assert_eq!(
             std::fs::read_dir(dir.path().join("objects/.tmp"))
                 .unwrap()
                 .count(),
-            0
+            1
         );
     }
 }

@@ -40,13 +40,42 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: &'a str,
         src: &'a Path,
     ) -> BoxFuture<'a, Result<PutOutcome, StoreError>>;
+    /// The whole object in memory: only for objects known to be small.
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
+    /// The object as a stream, for objects of any size.
+    fn reader<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StoreError>>;
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Removes the object under `key`; removing an absent key is not an error. Only
     /// for objects that nothing references (the loser of an upload race).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Whether the store can be reached (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// An object's bytes, read as a stream.
+pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// Hex SHA-256 of an object, read in chunks (an instance may be 256 MiB).
+pub async fn sha256(store: &dyn ObjectStore, key: &str) -> Result<String, StoreError> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    let mut reader = store.reader(key).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .map_err(|source| StoreError::Io {
+                key: key.to_owned(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// The key of an instance. Callers pass UIDs that passed [`crate::dicom::is_valid_uid`].

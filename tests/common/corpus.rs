@@ -359,10 +359,19 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
     let mut no_marker = base.clone();
     no_marker[128..132].copy_from_slice(b"DICN");
     cases.push(unreadable("no DICM marker", no_marker, "no DICOM preamble"));
-    cases.push(unreadable(
+    cases.push(refused(
         "retired Big Endian",
         with_ts(&base, BIG_ENDIAN),
-        "Explicit VR Big Endian is retired and not accepted",
+        0xC122,
+        "unsupported transfer syntax: Explicit VR Big Endian (1.2.840.10008.1.2.2) is retired and not accepted",
+    ));
+    // Review finding: dicom-rs inflates JPIP Referenced Deflate data sets itself,
+    // without the walk's inflate cap: only a fixed list of transfer syntaxes passes.
+    cases.push(refused(
+        "JPIP Referenced Deflate transfer syntax",
+        file("1.2.840.10008.1.2.4.95", &base[dataset_start(&base)..]),
+        0xC122,
+        "unsupported transfer syntax: transfer syntax `1.2.840.10008.1.2.4.95` is not accepted",
     ));
     cases.push(unreadable(
         "meta group without a transfer syntax",
@@ -552,9 +561,52 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         cases.push(unreadable(
             "private blob before Pixel Data over max_header_bytes",
             splice(&explicit((0x0009, 0x1010), b"OB", &vec![0u8; header_max as usize + 2])),
-            format!("the attributes before Pixel Data hold more than {header_max} bytes (at element (0009,1010); limits.max_header_bytes)"),
+            format!("the attributes hold more than {header_max} bytes of data set (at element (0009,1010); limits.max_header_bytes"),
+        ));
+        // Review finding: empty items cost nothing in bytes but ~1 KB each in dicom-rs's
+        // tree; each is charged.
+        let items = header_max as usize / 1024 + 1;
+        let mut empty_items = vec![0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0];
+        empty_items.extend_from_slice(&UNDEF);
+        for _ in 0..items {
+            empty_items.extend_from_slice(&ITEM);
+            empty_items.extend_from_slice(&0u32.to_le_bytes());
+        }
+        empty_items.extend_from_slice(&SEQ_END);
+        cases.push(unreadable(
+            "a sequence of empty items over max_header_bytes",
+            splice(&empty_items),
+            format!("the attributes hold more than {header_max} bytes of data set (at element (FFFE,E000)"),
+        ));
+        // Review finding: encapsulated Pixel Data inside a sequence (an icon image) is
+        // loaded with the header and was not counted.
+        let mut icon = vec![0x88, 0x00, 0x00, 0x02, b'S', b'Q', 0, 0];
+        icon.extend_from_slice(&UNDEF);
+        icon.extend_from_slice(&ITEM);
+        icon.extend_from_slice(&UNDEF);
+        icon.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
+        icon.extend_from_slice(&UNDEF);
+        icon.extend_from_slice(&ITEM);
+        icon.extend_from_slice(&0u32.to_le_bytes());
+        icon.extend_from_slice(&ITEM);
+        icon.extend_from_slice(&(header_max as u32 + 2).to_le_bytes());
+        icon.extend(std::iter::repeat_n(0u8, header_max as usize + 2));
+        icon.extend_from_slice(&SEQ_END);
+        icon.extend_from_slice(&ITEM_END);
+        icon.extend_from_slice(&SEQ_END);
+        cases.push(unreadable(
+            "icon image with encapsulated Pixel Data over max_header_bytes",
+            splice(&icon),
+            format!("the attributes hold more than {header_max} bytes of data set (at element (FFFE,E000)"),
         ));
     }
+    // Found by the `ingest_file` fuzz target: dicom-rs reads `length / 4` values of a
+    // UL, then is out of step with the file (a 7 KB file cost 1.3 GB).
+    cases.push(unreadable(
+        "regression: UL of length 2 (fuzz OOM)",
+        splice(&explicit((0x0009, 0x1011), b"UL", &[1, 0])),
+        "element (0009,1011) has VR UL of 4-byte values but a length of 2 bytes",
+    ));
     cases.push(unreadable(
         "1 MiB of backslashes in a text value",
         splice(&explicit(

@@ -184,11 +184,13 @@ impl TestServer {
         self.server.stop().await;
     }
 
-    /// The files in the upload spool (`data/uploads`) with their sizes.
+    /// The upload files in the spool (`data/uploads`) with their sizes; the
+    /// server's own run lock (`.run-*.lock`) is not an upload.
     pub fn spooled(&self) -> Vec<(PathBuf, u64)> {
         std::fs::read_dir(self.dir.path().join("data/uploads"))
             .map(|d| {
                 d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with(".run-"))
                     .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
                     .collect()
             })
