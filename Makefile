@@ -8,8 +8,8 @@ CARGO ?= cargo
 demo: setup build
 	$(CARGO) run --quiet -- demo
 
-test: setup-test
-	$(CARGO) test
+test:
+	scripts/test.sh
 
 setup:
 	scripts/setup.sh

@@ -106,7 +106,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
     let per_study = rt.block_on(async {
-        let catalog = Catalog::open_sqlite(&dir.path().join("catalog.sqlite")).await?;
+        let mut config = config.clone();
+        config.server.data_dir = dir.path().to_owned();
+        let catalog = Catalog::open(&config).await?;
         catalog.sync_config(&config).await?;
         let store = Arc::new(FsStore::open(dir.path().join("objects"))?);
         let config = Arc::new(config.clone());
@@ -163,7 +165,10 @@ fn main() -> anyhow::Result<()> {
             config,
         };
         let mut times = Vec::new();
-        while let Some(job) = catalog.lease_job("bench", tamiz::now_ms(), 120_000).await? {
+        while let Some(job) = catalog
+            .lease_job("bench", &model.card.version_key(), tamiz::now_ms(), 120_000)
+            .await?
+        {
             let t = Instant::now();
             process_job(&ctx, job).await;
             times.push(t.elapsed());

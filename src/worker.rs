@@ -68,12 +68,19 @@ impl Drop for AbortOnDrop {
 pub async fn run(ctx: WorkerContext, name: String, mut shutdown: watch::Receiver<bool>) {
     let poll = Duration::from_millis(ctx.config.worker.poll_interval_ms);
     let lease_ms = ctx.config.worker.lease_secs as i64 * 1000;
+    // Only the jobs of the model this worker has loaded.
+    let model_version = ctx.model.card.version_key();
     while !*shutdown.borrow() {
-        match ctx
-            .catalog
-            .lease_job(&name, crate::now_ms(), lease_ms)
-            .await
-        {
+        // Leases are stamped with the database's clock, shared by every process.
+        let leased = match ctx.catalog.clock_ms().await {
+            Ok(now) => {
+                ctx.catalog
+                    .lease_job(&name, &model_version, now, lease_ms)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match leased {
             Ok(Some(job)) => process_job(&ctx, job).await,
             Ok(None) => {
                 tokio::select! {
@@ -112,7 +119,11 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
             AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = catalog.heartbeat(&job, crate::now_ms(), lease_ms).await {
+                    let beat = match catalog.clock_ms().await {
+                        Ok(now) => catalog.heartbeat(&job, now, lease_ms).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = beat {
                         tracing::warn!(error = %e, "heartbeat failed");
                         if matches!(e, CatalogError::LeaseLost) {
                             return;
@@ -169,11 +180,12 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
                 let backoff =
                     cfg.backoff_base_secs as i64 * 1000 * (1i64 << (job.attempts - 1).clamp(0, 16));
                 tracing::warn!(error = %reason, backoff_ms = backoff, "attempt failed; will retry");
-                if let Err(e) = ctx
+                let now = ctx
                     .catalog
-                    .retry_job(&job, &reason, crate::now_ms() + backoff)
+                    .clock_ms()
                     .await
-                {
+                    .unwrap_or_else(|_| crate::now_ms());
+                if let Err(e) = ctx.catalog.retry_job(&job, &reason, now + backoff).await {
                     tracing::warn!(error = %e, "could not schedule the retry");
                 }
                 return;

@@ -147,7 +147,17 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     let parts = study_parts(&dir.path().join("in"), &p);
     // An API-only node takes the upload; a worker leases the job and "dies".
     let mut cfg = test_config(&data);
+    common::backends::use_fresh_catalog(
+        &mut cfg,
+        common::backends::server_backend(),
+        &dir.path().join("secrets"),
+    )
+    .await;
     cfg.worker.concurrency = 0;
+    let model = tamiz::model::ModelCard::load(&cfg.model.card)
+        .unwrap()
+        .0
+        .version_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = tamiz::server::start(cfg.clone(), listener).await.unwrap();
     let (ct, body) = multipart(&parts);
@@ -161,7 +171,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     assert_eq!(r.status().as_u16(), 200);
     let dead = api
         .catalog
-        .lease_job("worker-that-dies", tamiz::now_ms(), 1500)
+        .lease_job("worker-that-dies", &model, tamiz::now_ms(), 1500)
         .await
         .unwrap()
         .expect("job was queued");

@@ -36,7 +36,7 @@ fn app() -> &'static App {
         config.limits.max_multipart_header_bytes = 4096;
         let config = std::sync::Arc::new(config);
         let router = rt.block_on(async {
-            let catalog = tamiz::catalog::Catalog::open_sqlite(&dir.path().join("catalog.sqlite"))
+            let catalog = tamiz::catalog::Catalog::open(&config)
                 .await
                 .expect("catalog");
             catalog.sync_config(&config).await.expect("config");

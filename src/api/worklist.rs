@@ -129,7 +129,7 @@ pub async fn claim_next(
     check_center(&state, &center)?;
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_radiologist(&body.radiologist)?;
-    let now = crate::now_ms();
+    let now = state.catalog.clock_ms().await?;
     let expired_before = now - state.config.reading.claim_timeout_secs as i64 * 1000;
     match state
         .catalog

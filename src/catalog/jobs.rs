@@ -1,15 +1,16 @@
 //! The triage job queue, in SQL.
 //!
-//! A lease is one UPDATE that picks the oldest runnable job (queued and due, or leased
-//! with an expired lease) and stamps owner, expiry and a new attempt number. Every
-//! later write names that attempt number, so a worker whose lease expired (crashed,
-//! paused, partitioned) can no longer touch the job: its heartbeat, retry or completion
+//! A lease is one UPDATE that picks the oldest runnable job of the worker's model
+//! (queued and due, or leased with an expired lease), re-checks that it is still
+//! runnable, and stamps owner, expiry and a new attempt number; on PostgreSQL the pick
+//! skips rows another worker is leasing right now (`FOR UPDATE SKIP LOCKED`), so
+//! workers never wait on each other nor take the same job. Every later write names
+//! that attempt number, so a worker whose lease expired (crashed, paused,
+//! partitioned) can no longer touch the job: its heartbeat, retry or completion
 //! affects no row and it learns it lost the lease.
 
-use sqlx::Row;
-
 use super::worklist::NewItem;
-use super::{Catalog, CatalogError, Result};
+use super::{Catalog, CatalogError, Db, Result};
 
 /// A fenced write changed exactly one row, or the lease was lost.
 fn fenced(rows_affected: u64) -> Result<()> {
@@ -21,7 +22,7 @@ fn fenced(rows_affected: u64) -> Result<()> {
 }
 
 /// A leased job. `attempts` is the fencing token.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
     pub id: i64,
     pub study_uid: String,
@@ -39,59 +40,98 @@ pub enum JobOutcome {
     Dead,
 }
 
+/// Runnable jobs of model `$4` at time `$3`; the two arms match the two partial
+/// indexes (`jobs_queued`, `jobs_leased`).
+macro_rules! runnable {
+    () => {
+        "model_version = $4 AND ((state = 'queued' AND run_after_ms <= $3)
+             OR (state = 'leased' AND lease_expires_ms < $3))"
+    };
+}
+const LEASE_SQL: &str = concat!(
+    "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_owner = $1, lease_expires_ms = $2
+     WHERE id = (SELECT id FROM jobs WHERE ",
+    runnable!(),
+    " ORDER BY run_after_ms, id LIMIT 1) AND ",
+    runnable!(),
+    " RETURNING id, study_uid, model_version, attempts, last_error"
+);
+const LEASE_SQL_PG: &str = concat!(
+    "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_owner = $1, lease_expires_ms = $2
+     WHERE id = (SELECT id FROM jobs WHERE ",
+    runnable!(),
+    " ORDER BY run_after_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND ",
+    runnable!(),
+    " RETURNING id, study_uid, model_version, attempts, last_error"
+);
+
 impl Catalog {
-    /// Leases the next runnable job for `lease_ms`.
-    pub async fn lease_job(&self, owner: &str, now_ms: i64, lease_ms: i64) -> Result<Option<Job>> {
-        let row = sqlx::query(
-            "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_owner = $1, lease_expires_ms = $2
-             WHERE id = (
-                 SELECT id FROM jobs
-                 WHERE (state = 'queued' AND run_after_ms <= $3) OR (state = 'leased' AND lease_expires_ms < $3)
-                 ORDER BY run_after_ms, id LIMIT 1)
-             RETURNING id, study_uid, model_version, attempts, last_error",
-        )
-        .bind(owner)
-        .bind(now_ms + lease_ms)
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(Job {
-                id: r.try_get("id")?,
-                study_uid: r.try_get("study_uid")?,
-                model_version: r.try_get("model_version")?,
-                attempts: r.try_get("attempts")?,
-                last_error: r.try_get("last_error")?,
-            })
-        })
-        .transpose()
+    /// Leases the next runnable job of `model_version` (a worker runs only the jobs
+    /// of the model it has loaded) for `lease_ms`.
+    pub async fn lease_job(
+        &self,
+        owner: &str,
+        model_version: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Job>> {
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_as(if pg { LEASE_SQL_PG } else { LEASE_SQL })
+                .bind(owner)
+                .bind(now_ms + lease_ms)
+                .bind(now_ms)
+                .bind(model_version)
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Extends the lease; [`CatalogError::LeaseLost`] if another attempt owns the job.
     pub async fn heartbeat(&self, job: &Job, now_ms: i64, lease_ms: i64) -> Result<()> {
-        let n = sqlx::query("UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND attempts = $3 AND state = 'leased'")
-            .bind(now_ms + lease_ms)
+        let n = on_db!(&self.db, pool, pg => {
+            sqlx::query("UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND attempts = $3 AND state = 'leased'")
+                .bind(now_ms + lease_ms)
+                .bind(job.id)
+                .bind(job.attempts)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        fenced(n)
+    }
+
+    /// Gives the job back unfinished (a worker shutting down): runnable again at
+    /// once, without waiting for its lease to expire.
+    pub async fn release_job(&self, job: &Job) -> Result<()> {
+        let n = on_db!(&self.db, pool, pg => {
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_ms = NULL
+                 WHERE id = $1 AND attempts = $2 AND state = 'leased'",
+            )
             .bind(job.id)
             .bind(job.attempts)
-            .execute(&self.pool)
+            .execute(pool)
             .await?
-            .rows_affected();
+            .rows_affected()
+        });
         fenced(n)
     }
 
     /// Puts the job back for another attempt after `run_after_ms`.
     pub async fn retry_job(&self, job: &Job, error: &str, run_after_ms: i64) -> Result<()> {
-        let n = sqlx::query(
-            "UPDATE jobs SET state = 'queued', run_after_ms = $1, last_error = $2, lease_owner = NULL, lease_expires_ms = NULL
-             WHERE id = $3 AND attempts = $4 AND state = 'leased'",
-        )
-        .bind(run_after_ms)
-        .bind(error)
-        .bind(job.id)
-        .bind(job.attempts)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let n = on_db!(&self.db, pool, pg => {
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', run_after_ms = $1, last_error = $2, lease_owner = NULL, lease_expires_ms = NULL
+                 WHERE id = $3 AND attempts = $4 AND state = 'leased'",
+            )
+            .bind(run_after_ms)
+            .bind(error)
+            .bind(job.id)
+            .bind(job.attempts)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
         fenced(n)
     }
 
@@ -109,30 +149,32 @@ impl Catalog {
             JobOutcome::Done => "done",
             JobOutcome::Dead => "dead",
         };
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE jobs SET state = $1, finished_ms = $2, last_error = COALESCE($3, last_error),
-                 lease_owner = NULL, lease_expires_ms = NULL
-             WHERE id = $4 AND attempts = $5 AND state = 'leased'",
-        )
-        .bind(state)
-        .bind(now_ms)
-        .bind(error)
-        .bind(job.id)
-        .bind(job.attempts)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
-            tx.rollback().await?;
-            return Err(CatalogError::LeaseLost);
-        }
-        item.insert(&mut tx, &job.study_uid, now_ms).await?;
-        sqlx::query("UPDATE studies SET state = 'worklisted' WHERE study_uid = $1 AND state IN ('receiving', 'ready')")
-            .bind(&job.study_uid)
+        on_db!(&self.db, pool, pg => {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(
+                "UPDATE jobs SET state = $1, finished_ms = $2, last_error = COALESCE($3, last_error),
+                     lease_owner = NULL, lease_expires_ms = NULL
+                 WHERE id = $4 AND attempts = $5 AND state = 'leased'",
+            )
+            .bind(state)
+            .bind(now_ms)
+            .bind(error)
+            .bind(job.id)
+            .bind(job.attempts)
             .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            .await?
+            .rows_affected();
+            if n != 1 {
+                tx.rollback().await?;
+                return Err(CatalogError::LeaseLost);
+            }
+            insert_item!(&mut *tx, item, &job.study_uid, now_ms);
+            sqlx::query("UPDATE studies SET state = 'worklisted' WHERE study_uid = $1 AND state IN ('receiving', 'ready')")
+                .bind(&job.study_uid)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 }

@@ -1,22 +1,122 @@
 //! The catalog: studies, instances, jobs, worklists, readings, centers and targets in
-//! SQL (SQLite in the embedded mode). Correctness that matters across processes (one
-//! job per study and model, exclusive leases and claims, one worklist item per study)
-//! is enforced by constraints and single statements here, and tested here.
+//! SQL, on SQLite (embedded mode, the default) or PostgreSQL (scale-out), chosen by
+//! `[catalog] url`. Nothing outside this module knows which backend runs.
+//!
+//! Correctness that matters across processes (one job per study and model, exclusive
+//! leases and claims, one worklist item per study, one "stored" per instance, one
+//! completeness decision per study) is enforced by constraints, row locks and single
+//! statements here, and holds on both backends: PostgreSQL runs many writers at once,
+//! so every claim re-checks its state and skips locked rows, and nothing relies on
+//! SQLite's one writer.
 
-mod jobs;
-mod worklist;
-
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// The database behind the catalog.
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the pool of the backend that runs and `$pg` to
+/// whether it is PostgreSQL. The body is compiled once per backend, so the same query
+/// code is type-checked against both drivers; where their SQL differs, the body picks
+/// the text by `$pg`.
+macro_rules! on_db {
+    ($db:expr, $pool:ident, $pg:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                $body
+            }
+            Db::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                $body
+            }
+        }
+    };
+}
+
+/// Moves a receiving study to ready and creates its triage job, in the caller's
+/// transaction; evaluates to whether this call made it ready. The state check in the
+/// UPDATE and the UNIQUE (study, model) constraint make it safe to race.
+macro_rules! mark_ready {
+    ($conn:expr, $study_uid:expr, $reason:expr, $model_version:expr, $now_ms:expr) => {{
+        let changed = sqlx::query(
+            "UPDATE studies SET state = 'ready', ready_ms = $2, ready_reason = $3
+             WHERE study_uid = $1 AND state = 'receiving'",
+        )
+        .bind($study_uid)
+        .bind($now_ms)
+        .bind($reason)
+        .execute($conn)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            sqlx::query(
+                "INSERT INTO jobs (study_uid, model_version, state, run_after_ms, created_ms)
+                 VALUES ($1, $2, 'queued', $3, $3) ON CONFLICT (study_uid, model_version) DO NOTHING",
+            )
+            .bind($study_uid)
+            .bind($model_version)
+            .bind($now_ms)
+            .execute($conn)
+            .await?;
+        }
+        changed == 1
+    }};
+}
+
+/// Inserts worklist item `$item` (a [`NewItem`]) for `$study_uid` in the caller's
+/// transaction, unless the study already has one (a study is on exactly one
+/// worklist, whatever retried or raced).
+macro_rules! insert_item {
+    ($conn:expr, $item:expr, $study_uid:expr, $now_ms:expr) => {{
+        let item: &NewItem = $item;
+        let t = &item.triage;
+        let view_scores = (!item.view_scores.is_empty())
+            .then(|| serde_json::to_string(&item.view_scores).unwrap_or_default());
+        sqlx::query(
+            "INSERT INTO worklist_items (study_uid, center_id, priority, priority_rank, triaged, score, score_left,
+                 score_right, view_scores, model_version, due_ms, reason, state, created_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13)
+             ON CONFLICT (study_uid) DO NOTHING",
+        )
+        .bind($study_uid)
+        .bind(&item.center)
+        .bind(t.priority.as_str())
+        .bind(t.priority.rank())
+        .bind(t.score.is_some())
+        .bind(t.score.map(f64::from))
+        .bind(t.left.map(f64::from))
+        .bind(t.right.map(f64::from))
+        .bind(view_scores)
+        .bind(&item.model_version)
+        .bind(t.due_ms)
+        .bind(&item.reason)
+        .bind($now_ms)
+        .execute($conn)
+        .await?;
+    }};
+}
+
+mod jobs;
+mod worklist;
 
 pub use jobs::{Job, JobOutcome};
 pub use worklist::{
-    CenterSummary, ClaimedItem, NewItem, ProgramSummary, Reading, StudyStatus, WorklistItem,
+    CenterSummary, ClaimedItem, ImagingCenterProgress, NewItem, ProgramSummary, Reading,
+    StudyStatus, WorklistItem,
 };
 
 use crate::config::Config;
@@ -34,6 +134,9 @@ pub enum CatalogError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The pseudonym salt file is missing, unreadable or not what it must be.
+    #[error("pseudonym salt: {0}")]
+    Salt(String),
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
@@ -47,6 +150,9 @@ pub enum InsertOutcome {
     Duplicate,
     /// Different bytes are catalogued under this SOP Instance UID.
     Conflict { existing_sha256: String },
+    /// The instance names another woman or another imaging center than the study it
+    /// belongs to already has: merging it would mix two patients' images.
+    StudyMismatch { reason: String },
 }
 
 /// How many rows the main tables hold.
@@ -60,99 +166,165 @@ pub struct CatalogCounts {
 
 #[derive(Clone)]
 pub struct Catalog {
-    pool: SqlitePool,
+    db: Db,
     salt: String,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database clock in epoch milliseconds (leases and claims expire by one clock,
+/// whatever the clocks of the machines running workers say).
+const SQLITE_NOW_MS: &str = "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+const POSTGRES_NOW_MS: &str = "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 impl Catalog {
-    /// Opens (creating if needed) the SQLite catalog at `path` and migrates it.
-    pub async fn open_sqlite(path: &Path) -> Result<Catalog> {
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before the client hears "stored" (NORMAL in
-            // WAL mode may lose the last commits on power loss).
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        let salt = hex::encode(rand::random::<[u8; 16]>());
-        sqlx::query("INSERT INTO settings (key, value) VALUES ('pseudonym_salt', $1) ON CONFLICT (key) DO NOTHING")
-            .bind(&salt)
-            .execute(&pool)
-            .await?;
-        let salt: String =
-            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'pseudonym_salt'")
-                .fetch_one(&pool)
-                .await?;
-        Ok(Catalog { pool, salt })
+    /// Opens the catalog the configuration names (`[catalog] url`, else the SQLite
+    /// file in the data directory), migrates it and loads the pseudonym salt.
+    pub async fn open(config: &Config) -> Result<Catalog> {
+        let c = &config.catalog;
+        let data = &config.server.data_dir;
+        let db = match c.url.as_deref() {
+            Some(url) if url.starts_with("postgres") => {
+                let opts = PgConnectOptions::from_str(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(if c.max_connections == 0 {
+                        16
+                    } else {
+                        c.max_connections
+                    })
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await?;
+                POSTGRES_MIGRATOR.run(&pool).await?;
+                Db::Postgres(pool)
+            }
+            url => {
+                let opts = match url {
+                    Some(url) => SqliteConnectOptions::from_str(url)?,
+                    None => {
+                        std::fs::create_dir_all(data).map_err(|e| {
+                            CatalogError::Salt(format!("creating {}: {e}", data.display()))
+                        })?;
+                        SqliteConnectOptions::new().filename(data.join("catalog.sqlite"))
+                    }
+                };
+                let opts = opts
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a commit is on disk before the client hears "stored"
+                    // (NORMAL in WAL mode may lose the last commits on power loss).
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(if c.max_connections == 0 {
+                        8
+                    } else {
+                        c.max_connections
+                    })
+                    .connect_with(opts)
+                    .await?;
+                SQLITE_MIGRATOR.run(&pool).await?;
+                Db::Sqlite(pool)
+            }
+        };
+        let salt_file = c
+            .salt_file
+            .clone()
+            .unwrap_or_else(|| default_salt_file(data));
+        let salt = load_salt(&db, &salt_file).await?;
+        Ok(Catalog { db, salt })
+    }
+
+    /// "sqlite" or "postgres", for logs.
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
     }
 
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        on_db!(&self.db, pool, pg => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
         Ok(())
+    }
+
+    /// The database's clock, epoch milliseconds: what every process stamps leases
+    /// and claims with, so that one machine's clock drift cannot steal a live lease.
+    pub async fn clock_ms(&self) -> Result<i64> {
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_scalar(if pg { POSTGRES_NOW_MS } else { SQLITE_NOW_MS })
+                .fetch_one(pool)
+                .await?
+        }))
     }
 
     /// Row counts of the main tables: what tests and operators check "nothing changed"
     /// or "nothing duplicated" against, without SQL outside the catalog.
     pub async fn counts(&self) -> Result<CatalogCounts> {
-        let row = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM studies), (SELECT COUNT(*) FROM instances),
-                    (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM worklist_items)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let (studies, instances, jobs, worklist_items) = on_db!(&self.db, pool, pg => {
+            sqlx::query_as::<_, (i64, i64, i64, i64)>(
+                "SELECT (SELECT COUNT(*) FROM studies), (SELECT COUNT(*) FROM instances),
+                        (SELECT COUNT(*) FROM jobs), (SELECT COUNT(*) FROM worklist_items)",
+            )
+            .fetch_one(pool)
+            .await?
+        });
         Ok(CatalogCounts {
-            studies: row.try_get(0)?,
-            instances: row.try_get(1)?,
-            jobs: row.try_get(2)?,
-            worklist_items: row.try_get(3)?,
+            studies,
+            instances,
+            jobs,
+            worklist_items,
         })
     }
 
     /// Mirrors centers and targets from the configuration (the file is the source of
     /// truth; rows for removed centers stay so old studies keep their references).
+    /// Several nodes starting at once take turns (an advisory lock on PostgreSQL).
     pub async fn sync_config(&self, config: &Config) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for d in &config.diagnosis_centers {
-            sqlx::query(
-                "INSERT INTO centers (id, kind, name, home_center) VALUES ($1, 'diagnosis', $2, NULL)
-                 ON CONFLICT (id) DO UPDATE SET kind = 'diagnosis', name = excluded.name, home_center = NULL",
-            )
-            .bind(&d.id)
-            .bind(&d.name)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for c in &config.imaging_centers {
-            sqlx::query(
-                "INSERT INTO centers (id, kind, name, home_center) VALUES ($1, 'imaging', $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET kind = 'imaging', name = excluded.name, home_center = excluded.home_center",
-            )
-            .bind(&c.id)
-            .bind(&c.name)
-            .bind(&c.home)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("DELETE FROM targets").execute(&mut *tx).await?;
-        for t in &config.targets {
-            sqlx::query("INSERT INTO targets (year, scope, mammograms) VALUES ($1, $2, $3)")
-                .bind(t.year)
-                .bind(t.center.as_deref().unwrap_or("program"))
-                .bind(t.mammograms as i64)
+        on_db!(&self.db, pool, pg => {
+            let mut tx = pool.begin().await?;
+            if pg {
+                sqlx::query("SELECT pg_advisory_xact_lock(7461697)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for d in &config.diagnosis_centers {
+                sqlx::query(
+                    "INSERT INTO centers (id, kind, name, home_center) VALUES ($1, 'diagnosis', $2, NULL)
+                     ON CONFLICT (id) DO UPDATE SET kind = 'diagnosis', name = excluded.name, home_center = NULL",
+                )
+                .bind(&d.id)
+                .bind(&d.name)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
+            }
+            for c in &config.imaging_centers {
+                sqlx::query(
+                    "INSERT INTO centers (id, kind, name, home_center) VALUES ($1, 'imaging', $2, $3)
+                     ON CONFLICT (id) DO UPDATE SET kind = 'imaging', name = excluded.name, home_center = excluded.home_center",
+                )
+                .bind(&c.id)
+                .bind(&c.name)
+                .bind(&c.home)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM targets").execute(&mut *tx).await?;
+            for t in &config.targets {
+                sqlx::query("INSERT INTO targets (year, scope, mammograms) VALUES ($1, $2, $3)")
+                    .bind(i64::from(t.year))
+                    .bind(t.center.as_deref().unwrap_or("program"))
+                    .bind(t.mammograms as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -168,17 +340,23 @@ impl Catalog {
 
     /// SHA-256 of the instance catalogued under `sop_uid`, if any.
     pub async fn instance_sha256(&self, sop_uid: &str) -> Result<Option<String>> {
-        Ok(
+        Ok(on_db!(&self.db, pool, pg => {
             sqlx::query_scalar("SELECT sha256 FROM instances WHERE sop_uid = $1")
                 .bind(sop_uid)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Catalogues an instance whose bytes are already in the object store, creating
     /// its patient and study as needed, and makes the study ready (with its triage job
     /// for `model_version`) when this instance completes the four screening views.
+    ///
+    /// Race-free on both backends: the study row is written first, which locks it
+    /// until commit, so two instances of one study are catalogued one after the
+    /// other and exactly one of them sees the fourth view; the instance insert is one
+    /// `ON CONFLICT DO NOTHING`, so two sends of one instance give one "inserted" and
+    /// one "duplicate" (or "conflict"), never an error.
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_instance(
         &self,
@@ -191,88 +369,111 @@ impl Catalog {
         now_ms: i64,
     ) -> Result<InsertOutcome> {
         let pseudo = self.pseudonym(&meta.patient_issuer, &meta.patient_id);
-        let mut tx = self.pool.begin().await?;
-        // First statement writes, so SQLite takes the write lock (waiting on busy)
-        // rather than failing a read-to-write upgrade.
-        sqlx::query(
-            "INSERT INTO patients (pseudo_key) VALUES ($1) ON CONFLICT (pseudo_key) DO NOTHING",
-        )
-        .bind(&pseudo)
-        .execute(&mut *tx)
-        .await?;
-        let patient: i64 = sqlx::query_scalar("SELECT id FROM patients WHERE pseudo_key = $1")
+        on_db!(&self.db, pool, pg => {
+            let mut tx = pool.begin().await?;
+            // The first statement writes, so SQLite takes the write lock (waiting on
+            // busy) rather than failing a read-to-write upgrade.
+            sqlx::query(
+                "INSERT INTO patients (pseudo_key) VALUES ($1) ON CONFLICT (pseudo_key) DO NOTHING",
+            )
             .bind(&pseudo)
+            .execute(&mut *tx)
+            .await?;
+            let patient: i64 = sqlx::query_scalar("SELECT id FROM patients WHERE pseudo_key = $1")
+                .bind(&pseudo)
+                .fetch_one(&mut *tx)
+                .await?;
+            // The study row: created, or updated (and so locked) with the latest
+            // arrival. RETURNING gives the study's patient and center as they stand.
+            let (study_patient, study_center): (i64, Option<String>) = sqlx::query_as(
+                "INSERT INTO studies (study_uid, patient_id, imaging_center, state, first_received_ms, last_received_ms)
+                 VALUES ($1, $2, $3, 'receiving', $4, $4)
+                 ON CONFLICT (study_uid) DO UPDATE SET
+                     last_received_ms = CASE WHEN excluded.last_received_ms > studies.last_received_ms
+                         THEN excluded.last_received_ms ELSE studies.last_received_ms END,
+                     imaging_center = COALESCE(studies.imaging_center, excluded.imaging_center)
+                 RETURNING patient_id, imaging_center",
+            )
+            .bind(&meta.study_uid)
+            .bind(patient)
+            .bind(imaging_center)
+            .bind(now_ms)
             .fetch_one(&mut *tx)
             .await?;
-        if let Some(existing) =
-            sqlx::query_scalar::<_, String>("SELECT sha256 FROM instances WHERE sop_uid = $1")
-                .bind(&meta.sop_instance_uid)
-                .fetch_optional(&mut *tx)
-                .await?
-        {
-            tx.rollback().await?;
-            return Ok(if existing == sha256 {
-                InsertOutcome::Duplicate
+            let mismatch = if study_patient != patient {
+                Some("its Patient ID (or Issuer of Patient ID) differs from the one of the study's instances already stored".to_owned())
             } else {
-                InsertOutcome::Conflict {
-                    existing_sha256: existing,
+                match (imaging_center, study_center.as_deref()) {
+                    (Some(ours), Some(theirs)) if ours != theirs => Some(format!(
+                        "it comes from imaging center `{ours}` but the study's instances already stored came from `{theirs}`"
+                    )),
+                    _ => None,
                 }
-            });
-        }
-        sqlx::query(
-            "INSERT INTO studies (study_uid, patient_id, imaging_center, state, first_received_ms, last_received_ms)
-             VALUES ($1, $2, $3, 'receiving', $4, $4)
-             ON CONFLICT (study_uid) DO UPDATE SET last_received_ms = MAX(last_received_ms, excluded.last_received_ms),
-                 imaging_center = COALESCE(imaging_center, excluded.imaging_center)",
-        )
-        .bind(&meta.study_uid)
-        .bind(patient)
-        .bind(imaging_center)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax, laterality, view,
-                 rows, columns, size_bytes, sha256, object_key, received_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&meta.sop_instance_uid)
-        .bind(&meta.study_uid)
-        .bind(&meta.series_uid)
-        .bind(&meta.sop_class_uid)
-        .bind(&meta.transfer_syntax)
-        .bind(meta.laterality.as_str())
-        .bind(meta.view.as_str())
-        .bind(meta.rows as i64)
-        .bind(meta.columns as i64)
-        .bind(size_bytes as i64)
-        .bind(sha256)
-        .bind(object_key)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let views: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT laterality || '-' || view) FROM instances
-             WHERE study_uid = $1 AND view IN ('CC', 'MLO')",
-        )
-        .bind(&meta.study_uid)
-        .fetch_one(&mut *tx)
-        .await?;
-        let study_ready = views == 4
-            && mark_ready(
-                &mut tx,
-                &meta.study_uid,
-                "four screening views received",
-                model_version,
-                now_ms,
+            };
+            if let Some(reason) = mismatch {
+                tx.rollback().await?;
+                return Ok(InsertOutcome::StudyMismatch { reason });
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax, laterality, view,
+                     rows, columns, size_bytes, sha256, object_key, received_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (sop_uid) DO NOTHING",
             )
+            .bind(&meta.sop_instance_uid)
+            .bind(&meta.study_uid)
+            .bind(&meta.series_uid)
+            .bind(&meta.sop_class_uid)
+            .bind(&meta.transfer_syntax)
+            .bind(meta.laterality.as_str())
+            .bind(meta.view.as_str())
+            .bind(i64::from(meta.rows))
+            .bind(i64::from(meta.columns))
+            .bind(size_bytes as i64)
+            .bind(sha256)
+            .bind(object_key)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                let existing: String =
+                    sqlx::query_scalar("SELECT sha256 FROM instances WHERE sop_uid = $1")
+                        .bind(&meta.sop_instance_uid)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                tx.rollback().await?;
+                return Ok(if existing == sha256 {
+                    InsertOutcome::Duplicate
+                } else {
+                    InsertOutcome::Conflict {
+                        existing_sha256: existing,
+                    }
+                });
+            }
+            let views: i64 = sqlx::query_scalar(
+                "SELECT COUNT(DISTINCT laterality || '-' || view) FROM instances
+                 WHERE study_uid = $1 AND view IN ('CC', 'MLO')",
+            )
+            .bind(&meta.study_uid)
+            .fetch_one(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(InsertOutcome::Inserted { study_ready })
+            let study_ready = views == 4
+                && mark_ready!(
+                    &mut *tx,
+                    &meta.study_uid,
+                    "four screening views received",
+                    model_version,
+                    now_ms
+                );
+            tx.commit().await?;
+            Ok(InsertOutcome::Inserted { study_ready })
+        })
     }
 
     /// Makes ready every study still receiving whose last instance arrived at or before
-    /// `stable_before_ms`. Returns how many became ready.
+    /// `stable_before_ms`. Returns how many became ready (safe with several API nodes
+    /// sweeping at once: each study becomes ready, and gets its job, once).
     pub async fn mark_stable_studies_ready(
         &self,
         stable_before_ms: i64,
@@ -280,60 +481,30 @@ impl Catalog {
         model_version: &str,
         now_ms: i64,
     ) -> Result<usize> {
-        let candidates: Vec<String> = sqlx::query_scalar(
-            "SELECT study_uid FROM studies WHERE state = 'receiving' AND last_received_ms <= $1 ORDER BY first_received_ms",
-        )
-        .bind(stable_before_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut n = 0;
-        for study in candidates {
-            let mut tx = self.pool.begin().await?;
+        on_db!(&self.db, pool, pg => {
+            let candidates: Vec<String> = sqlx::query_scalar(
+                "SELECT study_uid FROM studies WHERE state = 'receiving' AND last_received_ms <= $1
+                 ORDER BY first_received_ms LIMIT 1000",
+            )
+            .bind(stable_before_ms)
+            .fetch_all(pool)
+            .await?;
+            let mut n = 0;
             let reason = format!("no new instance for {stable_after_secs} s");
-            if mark_ready(&mut tx, &study, &reason, model_version, now_ms).await? {
-                n += 1;
+            for study in candidates {
+                let mut tx = pool.begin().await?;
+                if mark_ready!(&mut *tx, &study, &reason, model_version, now_ms) {
+                    n += 1;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
-}
-
-/// Moves a receiving study to ready and creates its triage job. The state check in the
-/// UPDATE and the UNIQUE (study, model) constraint make this safe to race.
-async fn mark_ready(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    study_uid: &str,
-    reason: &str,
-    model_version: &str,
-    now_ms: i64,
-) -> Result<bool> {
-    let changed = sqlx::query(
-        "UPDATE studies SET state = 'ready', ready_ms = $2, ready_reason = $3 WHERE study_uid = $1 AND state = 'receiving'",
-    )
-    .bind(study_uid)
-    .bind(now_ms)
-    .bind(reason)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO jobs (study_uid, model_version, state, run_after_ms, created_ms)
-         VALUES ($1, $2, 'queued', $3, $3) ON CONFLICT (study_uid, model_version) DO NOTHING",
-    )
-    .bind(study_uid)
-    .bind(model_version)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(true)
 }
 
 /// One catalogued instance, as the worker needs it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredInstance {
     pub sop_uid: String,
     pub laterality: String,
@@ -344,38 +515,115 @@ pub struct StoredInstance {
 
 impl Catalog {
     pub async fn study_instances(&self, study_uid: &str) -> Result<Vec<StoredInstance>> {
-        let rows = sqlx::query(
-            "SELECT sop_uid, laterality, view, object_key, received_ms FROM instances
-             WHERE study_uid = $1 ORDER BY received_ms, sop_uid",
-        )
-        .bind(study_uid)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredInstance {
-                    sop_uid: r.try_get("sop_uid")?,
-                    laterality: r.try_get("laterality")?,
-                    view: r.try_get("view")?,
-                    object_key: r.try_get("object_key")?,
-                    received_ms: r.try_get("received_ms")?,
-                })
-            })
-            .collect()
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_as(
+                "SELECT sop_uid, laterality, view, object_key, received_ms FROM instances
+                 WHERE study_uid = $1 ORDER BY received_ms, sop_uid",
+            )
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?
+        }))
     }
 
     /// The study's imaging center and first-received time.
     pub async fn study_origin(&self, study_uid: &str) -> Result<(Option<String>, i64)> {
-        let row = sqlx::query(
-            "SELECT imaging_center, first_received_ms FROM studies WHERE study_uid = $1",
-        )
-        .bind(study_uid)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| CatalogError::NotFound(format!("study {study_uid} not found")))?;
-        Ok((
-            row.try_get("imaging_center")?,
-            row.try_get("first_received_ms")?,
-        ))
+        let row: Option<(Option<String>, i64)> = on_db!(&self.db, pool, pg => {
+            sqlx::query_as(
+                "SELECT imaging_center, first_received_ms FROM studies WHERE study_uid = $1",
+            )
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?
+        });
+        row.ok_or_else(|| CatalogError::NotFound(format!("study {study_uid} not found")))
     }
+}
+
+/// Reads the pseudonym salt from its file. A salt from an older SQLite catalog (kept
+/// in its `settings` table) moves to the file once; with SQLite a missing file is
+/// created with a new random salt, with PostgreSQL it is an error, since every node
+/// must hash with the same salt and two nodes must not each invent one.
+async fn load_salt(db: &Db, file: &Path) -> Result<String> {
+    let legacy: Option<String> = on_db!(db, pool, pg => {
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = 'pseudonym_salt'")
+            .fetch_optional(pool)
+            .await?
+    });
+    let salt = match std::fs::read_to_string(file) {
+        Ok(text) => {
+            let salt = text.trim().to_owned();
+            if salt.len() < 32 || !salt.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(CatalogError::Salt(format!(
+                    "{} must hold at least 32 hex digits",
+                    file.display()
+                )));
+            }
+            if legacy.as_ref().is_some_and(|l| *l != salt) {
+                return Err(CatalogError::Salt(format!(
+                    "{} differs from the salt this catalog was made with (settings.pseudonym_salt); \
+                     pseudonyms would change: remove the file to move the catalog's salt there",
+                    file.display()
+                )));
+            }
+            salt
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let salt = match (&legacy, db) {
+                (Some(l), _) => l.clone(),
+                (None, Db::Sqlite(_)) => hex::encode(rand::random::<[u8; 32]>()),
+                (None, Db::Postgres(_)) => {
+                    return Err(CatalogError::Salt(format!(
+                        "{} does not exist; with PostgreSQL every node must use the same salt: \
+                         create it once (`openssl rand -hex 32 > FILE`), give it to every node \
+                         and name it in [catalog] salt_file or TAMIZ_PSEUDONYM_SALT_FILE",
+                        file.display()
+                    )))
+                }
+            };
+            write_new_secret(file, &salt)
+                .map_err(|e| CatalogError::Salt(format!("writing {}: {e}", file.display())))?;
+            tracing::info!(file = %file.display(), "pseudonym salt file created");
+            salt
+        }
+        Err(e) => {
+            return Err(CatalogError::Salt(format!(
+                "reading {}: {e}",
+                file.display()
+            )))
+        }
+    };
+    if legacy.is_some() {
+        on_db!(db, pool, pg => {
+            sqlx::query("DELETE FROM settings WHERE key = 'pseudonym_salt'")
+                .execute(pool)
+                .await?;
+        });
+    }
+    Ok(salt)
+}
+
+/// Writes a new file readable by its owner only, durably, failing if it exists.
+fn write_new_secret(file: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    f.write_all(format!("{text}\n").as_bytes())?;
+    f.sync_all()?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The default location of the salt file, for messages and the set-up of tests.
+pub fn default_salt_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("pseudonym.salt")
 }

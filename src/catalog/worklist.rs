@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 
-use super::{Catalog, CatalogError, Result};
+use super::{Catalog, CatalogError, Db, Result};
 use crate::triage::{Priority, Triage, ViewScore};
 
 /// A worklist item about to be created for a study.
@@ -20,48 +18,12 @@ pub struct NewItem {
     pub reason: String,
 }
 
-impl NewItem {
-    /// Inserts the item unless the study already has one (a study is on exactly one
-    /// worklist, whatever retried or raced).
-    pub(super) async fn insert(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-        study_uid: &str,
-        now_ms: i64,
-    ) -> Result<()> {
-        let t = &self.triage;
-        let view_scores = (!self.view_scores.is_empty())
-            .then(|| serde_json::to_string(&self.view_scores).unwrap_or_default());
-        sqlx::query(
-            "INSERT INTO worklist_items (study_uid, center_id, priority, priority_rank, triaged, score, score_left,
-                 score_right, view_scores, model_version, due_ms, reason, state, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13)
-             ON CONFLICT (study_uid) DO NOTHING",
-        )
-        .bind(study_uid)
-        .bind(&self.center)
-        .bind(t.priority.as_str())
-        .bind(t.priority.rank())
-        .bind(t.score.is_some())
-        .bind(t.score)
-        .bind(t.left)
-        .bind(t.right)
-        .bind(view_scores)
-        .bind(&self.model_version)
-        .bind(t.due_ms)
-        .bind(&self.reason)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-}
-
 /// One row of a radiologist's worklist.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct WorklistItem {
     pub id: i64,
     pub study_uid: String,
+    #[sqlx(rename = "center_id")]
     pub center: String,
     pub priority: String,
     pub triaged: bool,
@@ -77,27 +39,7 @@ pub struct WorklistItem {
 /// The item a radiologist just claimed, with what is needed to open the study.
 pub type ClaimedItem = WorklistItem;
 
-const ITEM_COLUMNS: &str =
-    "id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by";
-
-fn item(r: &SqliteRow) -> Result<WorklistItem> {
-    Ok(WorklistItem {
-        id: r.try_get("id")?,
-        study_uid: r.try_get("study_uid")?,
-        center: r.try_get("center_id")?,
-        priority: r.try_get("priority")?,
-        triaged: r.try_get("triaged")?,
-        score: r.try_get("score")?,
-        score_left: r.try_get("score_left")?,
-        score_right: r.try_get("score_right")?,
-        due_ms: r.try_get("due_ms")?,
-        reason: r.try_get("reason")?,
-        state: r.try_get("state")?,
-        claimed_by: r.try_get("claimed_by")?,
-    })
-}
-
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Reading {
     pub radiologist: String,
     pub birads: i64,
@@ -124,8 +66,9 @@ pub struct StudyStatus {
     pub reading: Option<Reading>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct CenterSummary {
+    #[sqlx(rename = "id")]
     pub center: String,
     pub name: String,
     pub queued: i64,
@@ -135,8 +78,9 @@ pub struct CenterSummary {
     pub oldest_due_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ImagingCenterProgress {
+    #[sqlx(rename = "id")]
     pub center: String,
     pub studies: i64,
     pub target: Option<i64>,
@@ -158,23 +102,63 @@ pub struct ProgramSummary {
     pub expected_by_now: Option<i64>,
 }
 
+const ITEM_COLUMNS: &str =
+    "id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by";
+
+/// Claimable items of center `$3` at cut-off `$4`: queued, or claimed by someone
+/// whose claim is older than the cut-off (abandoned claims return to the queue).
+macro_rules! claimable {
+    () => {
+        "center_id = $3 AND (state = 'queued' OR (state = 'claimed' AND claimed_ms < $4))"
+    };
+}
+const CLAIM_SQL: &str = concat!(
+    "UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
+     WHERE id = (SELECT id FROM worklist_items WHERE ",
+    claimable!(),
+    " ORDER BY priority_rank, due_ms, id LIMIT 1) AND ",
+    claimable!(),
+    " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by"
+);
+const CLAIM_SQL_PG: &str = concat!(
+    "UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
+     WHERE id = (SELECT id FROM worklist_items WHERE ",
+    claimable!(),
+    " ORDER BY priority_rank, due_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND ",
+    claimable!(),
+    " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by"
+);
+
+/// Per diagnosis center: queued, claimed, read, overdue (open past due at `$1`).
+const CENTER_SUMMARY_SQL: &str = "SELECT c.id, c.name,
+     COALESCE(SUM(CASE WHEN w.state = 'queued' THEN 1 ELSE 0 END), 0) AS queued,
+     COALESCE(SUM(CASE WHEN w.state = 'claimed' THEN 1 ELSE 0 END), 0) AS claimed,
+     COALESCE(SUM(CASE WHEN w.state = 'read' THEN 1 ELSE 0 END), 0) AS read,
+     COALESCE(SUM(CASE WHEN w.state != 'read' AND w.due_ms < $1 THEN 1 ELSE 0 END), 0) AS overdue,
+     MIN(CASE WHEN w.state != 'read' THEN w.due_ms END) AS oldest_due_ms
+ FROM centers c LEFT JOIN worklist_items w ON w.center_id = c.id
+ WHERE c.kind = 'diagnosis' GROUP BY c.id, c.name ORDER BY c.id";
+
 impl Catalog {
     /// A center's open worklist (queued and claimed), in reading order.
     pub async fn worklist(&self, center: &str, limit: i64) -> Result<Vec<WorklistItem>> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {ITEM_COLUMNS} FROM worklist_items WHERE center_id = $1 AND state IN ('queued', 'claimed')
              ORDER BY priority_rank, due_ms, id LIMIT $2"
-        ))
-        .bind(center)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(item).collect()
+        );
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_as(&sql)
+                .bind(center)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }))
     }
 
     /// Atomically claims the first item of `center`'s worklist for `radiologist`: a
-    /// queued item, or one whose claim is older than `claim_expired_before_ms`
-    /// (abandoned claims return to the queue rather than vanish).
+    /// queued item, or one whose claim is older than `claim_expired_before_ms`.
+    /// Many radiologists claiming at once each get a different item (the pick is
+    /// re-checked, and on PostgreSQL skips rows being claimed).
     pub async fn claim_next(
         &self,
         center: &str,
@@ -182,22 +166,15 @@ impl Catalog {
         now_ms: i64,
         claim_expired_before_ms: i64,
     ) -> Result<Option<ClaimedItem>> {
-        let row = sqlx::query(&format!(
-            "UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
-             WHERE id = (
-                 SELECT id FROM worklist_items
-                 WHERE center_id = $3
-                   AND (state = 'queued' OR (state = 'claimed' AND claimed_ms < $4))
-                 ORDER BY priority_rank, due_ms, id LIMIT 1)
-             RETURNING {ITEM_COLUMNS}"
-        ))
-        .bind(radiologist)
-        .bind(now_ms)
-        .bind(center)
-        .bind(claim_expired_before_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(item).transpose()
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_as(if pg { CLAIM_SQL_PG } else { CLAIM_SQL })
+                .bind(radiologist)
+                .bind(now_ms)
+                .bind(center)
+                .bind(claim_expired_before_ms)
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Records the reading of a claimed item; the item leaves the queue.
@@ -209,130 +186,122 @@ impl Catalog {
         density: &str,
         now_ms: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE worklist_items SET state = 'read' WHERE id = $1 AND state = 'claimed' AND claimed_by = $2",
-        )
-        .bind(item_id)
-        .bind(radiologist)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n != 1 {
-            let state: Option<(String, Option<String>)> =
-                sqlx::query_as("SELECT state, claimed_by FROM worklist_items WHERE id = $1")
-                    .bind(item_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            return Err(match state {
-                None => CatalogError::NotFound(format!("worklist item {item_id} not found")),
-                Some((s, _)) if s == "read" => {
-                    CatalogError::Conflict(format!("worklist item {item_id} is already read"))
-                }
-                Some((_, Some(other))) if other != radiologist => CatalogError::Conflict(format!(
-                    "worklist item {item_id} is claimed by another radiologist"
-                )),
-                Some(_) => CatalogError::Conflict(format!(
-                    "worklist item {item_id} must be claimed before it is read"
-                )),
-            });
-        }
-        let study: String =
-            sqlx::query_scalar("SELECT study_uid FROM worklist_items WHERE id = $1")
-                .bind(item_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query(
-            "INSERT INTO readings (worklist_item_id, study_uid, radiologist, birads, density, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(item_id)
-        .bind(&study)
-        .bind(radiologist)
-        .bind(birads)
-        .bind(density)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE studies SET state = 'read' WHERE study_uid = $1")
+        on_db!(&self.db, pool, pg => {
+            let mut tx = pool.begin().await?;
+            let study: Option<String> = sqlx::query_scalar(
+                "UPDATE worklist_items SET state = 'read' WHERE id = $1 AND state = 'claimed' AND claimed_by = $2
+                 RETURNING study_uid",
+            )
+            .bind(item_id)
+            .bind(radiologist)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(study) = study else {
+                let state: Option<(String, Option<String>)> =
+                    sqlx::query_as("SELECT state, claimed_by FROM worklist_items WHERE id = $1")
+                        .bind(item_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                tx.rollback().await?;
+                return Err(match state {
+                    None => CatalogError::NotFound(format!("worklist item {item_id} not found")),
+                    Some((s, _)) if s == "read" => {
+                        CatalogError::Conflict(format!("worklist item {item_id} is already read"))
+                    }
+                    Some((_, Some(other))) if other != radiologist => CatalogError::Conflict(
+                        format!("worklist item {item_id} is claimed by another radiologist"),
+                    ),
+                    Some(_) => CatalogError::Conflict(format!(
+                        "worklist item {item_id} must be claimed before it is read"
+                    )),
+                });
+            };
+            sqlx::query(
+                "INSERT INTO readings (worklist_item_id, study_uid, radiologist, birads, density, created_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(item_id)
             .bind(&study)
+            .bind(radiologist)
+            .bind(birads)
+            .bind(density)
+            .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+            sqlx::query("UPDATE studies SET state = 'read' WHERE study_uid = $1")
+                .bind(&study)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     pub async fn study_status(&self, study_uid: &str) -> Result<Option<StudyStatus>> {
-        let Some(s) = sqlx::query(
-            "SELECT state, imaging_center, first_received_ms, ready_reason FROM studies WHERE study_uid = $1",
-        )
-        .bind(study_uid)
-        .fetch_optional(&self.pool)
-        .await?
-        else {
+        type StudyRow = (String, Option<String>, i64, Option<String>);
+        type JobRow = (String, i64, Option<String>);
+        let item_sql = format!("SELECT {ITEM_COLUMNS} FROM worklist_items WHERE study_uid = $1");
+        let (study, views, job, item, extra, reading) = on_db!(&self.db, pool, pg => {
+            let study: Option<StudyRow> = sqlx::query_as(
+                "SELECT state, imaging_center, first_received_ms, ready_reason FROM studies WHERE study_uid = $1",
+            )
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?;
+            if study.is_none() {
+                return Ok(None);
+            }
+            let views: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT laterality, view, COUNT(*) FROM instances WHERE study_uid = $1
+                 GROUP BY laterality, view ORDER BY laterality, view",
+            )
+            .bind(study_uid)
+            .fetch_all(pool)
+            .await?;
+            let job: Option<JobRow> = sqlx::query_as(
+                "SELECT state, attempts, last_error FROM jobs WHERE study_uid = $1 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?;
+            let item: Option<WorklistItem> = sqlx::query_as(&item_sql)
+                .bind(study_uid)
+                .fetch_optional(pool)
+                .await?;
+            let extra: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT view_scores, model_version FROM worklist_items WHERE study_uid = $1",
+            )
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?;
+            let reading: Option<Reading> = sqlx::query_as(
+                "SELECT radiologist, birads, density, created_ms FROM readings WHERE study_uid = $1
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(study_uid)
+            .fetch_optional(pool)
+            .await?;
+            (study, views, job, item, extra, reading)
+        });
+        let Some((state, imaging_center, first_received_ms, ready_reason)) = study else {
             return Ok(None);
         };
-        let views: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT laterality, view, COUNT(*) FROM instances WHERE study_uid = $1 GROUP BY laterality, view ORDER BY laterality, view",
-        )
-        .bind(study_uid)
-        .fetch_all(&self.pool)
-        .await?;
-        let job = sqlx::query("SELECT state, attempts, last_error FROM jobs WHERE study_uid = $1 ORDER BY id DESC LIMIT 1")
-            .bind(study_uid)
-            .fetch_optional(&self.pool)
-            .await?;
-        let item_row = sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS}, view_scores, model_version FROM worklist_items WHERE study_uid = $1"
-        ))
-        .bind(study_uid)
-        .fetch_optional(&self.pool)
-        .await?;
-        let reading = sqlx::query(
-            "SELECT radiologist, birads, density, created_ms FROM readings WHERE study_uid = $1 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(study_uid)
-        .fetch_optional(&self.pool)
-        .await?;
-        let (view_scores, model_version) = match &item_row {
-            Some(r) => {
-                let vs: Option<String> = r.try_get("view_scores")?;
-                (
-                    vs.and_then(|s| serde_json::from_str(&s).ok()),
-                    r.try_get("model_version")?,
-                )
-            }
-            None => (None, None),
-        };
+        let (view_scores, model_version) = extra.unwrap_or_default();
         Ok(Some(StudyStatus {
             study_uid: study_uid.to_owned(),
-            state: s.try_get("state")?,
-            imaging_center: s.try_get("imaging_center")?,
+            state,
+            imaging_center,
             instances: views.iter().map(|v| v.2).sum(),
             views: views.iter().map(|(l, v, _)| format!("{l}-{v}")).collect(),
-            first_received_ms: s.try_get("first_received_ms")?,
-            ready_reason: s.try_get("ready_reason")?,
-            job_state: job.as_ref().map(|j| j.try_get("state")).transpose()?,
-            job_attempts: job.as_ref().map(|j| j.try_get("attempts")).transpose()?,
-            job_error: job
-                .as_ref()
-                .map(|j| j.try_get("last_error"))
-                .transpose()?
-                .flatten(),
-            worklist: item_row.as_ref().map(item).transpose()?,
-            view_scores,
+            first_received_ms,
+            ready_reason,
+            job_state: job.as_ref().map(|j| j.0.clone()),
+            job_attempts: job.as_ref().map(|j| j.1),
+            job_error: job.and_then(|j| j.2),
+            worklist: item,
+            view_scores: view_scores.and_then(|s| serde_json::from_str(&s).ok()),
             model_version,
-            reading: reading
-                .map(|r| -> Result<Reading> {
-                    Ok(Reading {
-                        radiologist: r.try_get("radiologist")?,
-                        birads: r.try_get("birads")?,
-                        density: r.try_get("density")?,
-                        created_ms: r.try_get("created_ms")?,
-                    })
-                })
-                .transpose()?,
+            reading,
         }))
     }
 
@@ -345,53 +314,47 @@ impl Catalog {
         year_end_ms: i64,
         now_ms: i64,
     ) -> Result<ProgramSummary> {
-        let by_state: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM studies GROUP BY state")
-                .fetch_all(&self.pool)
+        let (by_state, by_priority, centers, imaging, studies_this_year, target) = on_db!(&self.db, pool, pg => {
+            let by_state: Vec<(String, i64)> =
+                sqlx::query_as("SELECT state, COUNT(*) FROM studies GROUP BY state")
+                    .fetch_all(pool)
+                    .await?;
+            let by_priority: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT priority, COUNT(*) FROM worklist_items WHERE state IN ('queued', 'claimed') GROUP BY priority",
+            )
+            .fetch_all(pool)
+            .await?;
+            let centers: Vec<CenterSummary> = sqlx::query_as(CENTER_SUMMARY_SQL)
+                .bind(now_ms)
+                .fetch_all(pool)
                 .await?;
-        let by_priority: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT priority, COUNT(*) FROM worklist_items WHERE state IN ('queued', 'claimed') GROUP BY priority",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let centers = sqlx::query(
-            "SELECT c.id, c.name,
-                 COALESCE(SUM(w.state = 'queued'), 0) AS queued,
-                 COALESCE(SUM(w.state = 'claimed'), 0) AS claimed,
-                 COALESCE(SUM(w.state = 'read'), 0) AS read,
-                 COALESCE(SUM(w.state != 'read' AND w.due_ms < $1), 0) AS overdue,
-                 MIN(CASE WHEN w.state != 'read' THEN w.due_ms END) AS oldest_due_ms
-             FROM centers c LEFT JOIN worklist_items w ON w.center_id = c.id
-             WHERE c.kind = 'diagnosis' GROUP BY c.id, c.name ORDER BY c.id",
-        )
-        .bind(now_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        let imaging = sqlx::query(
-            "SELECT c.id,
-                 (SELECT COUNT(*) FROM studies s WHERE s.imaging_center = c.id
-                     AND s.first_received_ms >= $1 AND s.first_received_ms < $2) AS studies,
-                 (SELECT mammograms FROM targets t WHERE t.year = $3 AND t.scope = c.id) AS target
-             FROM centers c WHERE c.kind = 'imaging' ORDER BY c.id",
-        )
-        .bind(year_start_ms)
-        .bind(year_end_ms)
-        .bind(year)
-        .fetch_all(&self.pool)
-        .await?;
-        let studies_this_year: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM studies WHERE first_received_ms >= $1 AND first_received_ms < $2",
-        )
-        .bind(year_start_ms)
-        .bind(year_end_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        let target: Option<i64> = sqlx::query_scalar(
-            "SELECT mammograms FROM targets WHERE year = $1 AND scope = 'program'",
-        )
-        .bind(year)
-        .fetch_optional(&self.pool)
-        .await?;
+            let imaging: Vec<ImagingCenterProgress> = sqlx::query_as(
+                "SELECT c.id,
+                         (SELECT COUNT(*) FROM studies s WHERE s.imaging_center = c.id
+                             AND s.first_received_ms >= $1 AND s.first_received_ms < $2) AS studies,
+                         (SELECT mammograms FROM targets t WHERE t.year = $3 AND t.scope = c.id) AS target
+                     FROM centers c WHERE c.kind = 'imaging' ORDER BY c.id",
+            )
+            .bind(year_start_ms)
+            .bind(year_end_ms)
+            .bind(i64::from(year))
+            .fetch_all(pool)
+            .await?;
+            let studies_this_year: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM studies WHERE first_received_ms >= $1 AND first_received_ms < $2",
+            )
+            .bind(year_start_ms)
+            .bind(year_end_ms)
+            .fetch_one(pool)
+            .await?;
+            let target: Option<i64> = sqlx::query_scalar(
+                "SELECT mammograms FROM targets WHERE year = $1 AND scope = 'program'",
+            )
+            .bind(i64::from(year))
+            .fetch_optional(pool)
+            .await?;
+            (by_state, by_priority, centers, imaging, studies_this_year, target)
+        });
         let elapsed = ((now_ms - year_start_ms) as f64 / (year_end_ms - year_start_ms) as f64)
             .clamp(0.0, 1.0);
         let mut open_by_priority: BTreeMap<String, i64> = ["urgent", "routine", "untriaged", "low"]
@@ -406,30 +369,8 @@ impl Catalog {
             year,
             studies_by_state: by_state.into_iter().collect(),
             open_by_priority,
-            diagnosis_centers: centers
-                .iter()
-                .map(|r| {
-                    Ok(CenterSummary {
-                        center: r.try_get("id")?,
-                        name: r.try_get("name")?,
-                        queued: r.try_get("queued")?,
-                        claimed: r.try_get("claimed")?,
-                        read: r.try_get("read")?,
-                        overdue: r.try_get("overdue")?,
-                        oldest_due_ms: r.try_get("oldest_due_ms")?,
-                    })
-                })
-                .collect::<Result<_>>()?,
-            imaging_centers: imaging
-                .iter()
-                .map(|r| {
-                    Ok(ImagingCenterProgress {
-                        center: r.try_get("id")?,
-                        studies: r.try_get("studies")?,
-                        target: r.try_get("target")?,
-                    })
-                })
-                .collect::<Result<_>>()?,
+            diagnosis_centers: centers,
+            imaging_centers: imaging,
             studies_this_year,
             target,
             expected_by_now: target.map(|t| (t as f64 * elapsed).round() as i64),

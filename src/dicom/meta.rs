@@ -161,6 +161,10 @@ pub enum InvalidInstance {
     BadFragments(String),
     #[error("unsupported transfer syntax: {0}")]
     UnsupportedTransferSyntax(String),
+    /// The instance names another patient or imaging center than its study already
+    /// has (merging it would mix two women's images in one exam).
+    #[error("instance does not match its study {study}: {reason}")]
+    StudyMismatch { study: String, reason: String },
 }
 
 impl InvalidInstance {

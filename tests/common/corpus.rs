@@ -815,6 +815,26 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         sop,
         "1.2.",
     ));
+    // Integrity: a new instance under the stored study that names another woman.
+    let base_study = dicom_object::OpenFileOptions::new()
+        .from_reader(&base[128..])
+        .expect("parse the base instance")
+        .element(tags::STUDY_INSTANCE_UID)
+        .expect("base has a Study UID")
+        .to_str()
+        .expect("text")
+        .trim_end_matches('\0')
+        .to_owned();
+    cases.push(refused(
+        "another woman's image under a stored study",
+        mutate(&base, |o| {
+            put(o, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.1.77");
+            o.meta_mut().media_storage_sop_instance_uid = "1.2.3.1.77".into();
+            put(o, tags::PATIENT_ID, VR::LO, "ANOTHER-WOMAN");
+        }),
+        0xA900,
+        format!("instance does not match its study {base_study}: its Patient ID (or Issuer of Patient ID) differs from the one of the study's instances already stored"),
+    ));
     cases.push(refused(
         "no SOP Instance UID",
         mutate(&base, |o| {

@@ -2,6 +2,7 @@
 //! SQLite catalog and object directory, real DICOM files, real HTTP.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod corpus;
 
 use std::path::{Path, PathBuf};
@@ -78,6 +79,12 @@ impl TestServer {
     /// Starts over `dir/data` (which may already hold files).
     pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config(&dir.path().join("data"));
+        backends::use_fresh_catalog(
+            &mut config,
+            backends::server_backend(),
+            &dir.path().join("secrets"),
+        )
+        .await;
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
