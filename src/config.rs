@@ -3,8 +3,8 @@
 //! Every field has a default so an empty file (or none at all) runs the embedded mode.
 //! Relative paths are resolved against the directory of the file they were read from,
 //! so `tamiz serve --config /etc/tamiz/pipeline.toml` does not depend on the working
-//! directory. `TAMIZ_HTTP_ADDR`, `TAMIZ_DATA_DIR`, `TAMIZ_DATABASE_URL` and
-//! `TAMIZ_PSEUDONYM_SALT_FILE` override the file.
+//! directory. `TAMIZ_HTTP_ADDR`, `TAMIZ_DATA_DIR`, `TAMIZ_DATABASE_URL`,
+//! `TAMIZ_PSEUDONYM_SALT_FILE`, `TAMIZ_S3_BUCKET` and `TAMIZ_S3_PREFIX` override the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,7 @@ pub enum ConfigError {
 pub struct Config {
     pub server: ServerConfig,
     pub catalog: CatalogConfig,
+    pub storage: StorageConfig,
     pub limits: Limits,
     pub model: ModelConfig,
     pub completeness: CompletenessConfig,
@@ -70,6 +71,18 @@ pub struct CatalogConfig {
     /// `pseudonym.salt` in `server.data_dir`, created on first start with SQLite;
     /// with PostgreSQL every node must be given the same file (a mounted secret).
     pub salt_file: Option<PathBuf>,
+}
+
+/// Where instance bytes are kept: an S3 bucket, or (unset) `objects/` in the data
+/// directory. Endpoint, region and credentials of S3 come from the standard AWS
+/// variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Overridden by `TAMIZ_S3_BUCKET`.
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket; overridden by `TAMIZ_S3_PREFIX`.
+    pub s3_prefix: String,
 }
 
 /// Limits checked before an upload is allowed to cost memory or disk.
@@ -218,6 +231,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             catalog: CatalogConfig::default(),
+            storage: StorageConfig::default(),
             limits: Limits::default(),
             model: ModelConfig::default(),
             completeness: CompletenessConfig::default(),
@@ -348,6 +362,12 @@ impl Config {
     }
 
     fn apply_env(&mut self) {
+        if let Ok(bucket) = std::env::var("TAMIZ_S3_BUCKET") {
+            self.storage.s3_bucket = Some(bucket);
+        }
+        if let Ok(prefix) = std::env::var("TAMIZ_S3_PREFIX") {
+            self.storage.s3_prefix = prefix;
+        }
         if let Ok(url) = std::env::var("TAMIZ_DATABASE_URL") {
             self.catalog.url = Some(url);
         }

@@ -20,12 +20,13 @@ use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::model::{Model, ModelCard};
 use crate::spool::Spool;
-use crate::storage::{FsStore, ObjectStore};
+use crate::storage::ObjectStore;
 use crate::worker::{self, WorkerContext};
 
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub catalog: Catalog,
+    pub store: Arc<dyn ObjectStore>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -59,7 +60,9 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         .sync_config(&config)
         .await
         .context("loading centers and targets")?;
-    let store: Arc<dyn ObjectStore> = Arc::new(FsStore::open(data.join("objects"))?);
+    let store = crate::storage::open(&config)
+        .await
+        .context("opening the object store")?;
     let upload_dir = data.join("uploads");
     let spool = Spool::open(&upload_dir, &config.limits)
         .with_context(|| format!("opening the upload spool {}", upload_dir.display()))?;
@@ -98,6 +101,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         shutdown_rx.clone(),
     )));
 
+    let store_handle = store.clone();
     let ingest = Ingest {
         catalog: catalog.clone(),
         store,
@@ -120,6 +124,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     Ok(RunningServer {
         addr,
         catalog,
+        store: store_handle,
         shutdown: shutdown_tx,
         tasks,
     })

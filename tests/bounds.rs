@@ -183,7 +183,7 @@ async fn bytes_beyond_max_upload_bytes_in_flight_get_503_and_nothing_is_kept() {
         .stow("/dicomweb/studies", &[vec![0x66u8; 200 << 10]], None)
         .await;
     assert_eq!(status, 409, "{body}");
-    assert!(t.stored_objects().is_empty());
+    assert!(t.stored_objects().await.is_empty());
     t.stop().await;
 }
 
@@ -201,7 +201,7 @@ async fn a_stalled_body_gets_408_and_its_spool_file_is_removed() {
         "the client sent nothing for 1s (limits.body_idle_timeout_secs) (after 0 part(s), 0 stored; resending them is safe)"
     );
     eventually(5, "no spool file is left", || t.spooled().is_empty()).await;
-    assert!(t.stored_objects().is_empty());
+    assert!(t.stored_objects().await.is_empty());
     assert_eq!(t.healthz().await, 200);
     t.stop().await;
 }
@@ -291,7 +291,10 @@ async fn start_up_removes_temp_files_that_dead_processes_left() {
     std::fs::write(&stale_object, vec![0u8; 4096]).unwrap();
     let t = TestServer::start_in(dir, |_| {}).await;
     assert!(!stale_upload.exists(), "stale spool file removed");
-    assert!(!stale_object.exists(), "stale object temp file removed");
+    if !common::backends::scaled() {
+        // The directory store's own temp folder (the S3 store has none).
+        assert!(!stale_object.exists(), "stale object temp file removed");
+    }
     t.stop().await;
 }
 
@@ -308,12 +311,17 @@ async fn a_cancelled_upload_leaves_nothing_behind() {
     .await;
     drop(up); // the client goes away mid-part
     eventually(10, "its spool file is removed", || t.spooled().is_empty()).await;
-    assert!(t.stored_objects().is_empty());
+    assert!(t.stored_objects().await.is_empty());
     t.stop().await;
 }
 
 #[tokio::test]
 async fn a_failing_object_store_answers_503_retry_later_and_the_resend_succeeds() {
+    if common::backends::scaled() {
+        // Failure injection into the directory store; tests/object_store.rs stops a
+        // real S3 server under a running tamiz for the same answer.
+        return;
+    }
     let t = TestServer::start().await;
     let base = corpus::base_instance();
     // The store cannot create `studies/...`: a plain file stands where its folder goes.
@@ -381,7 +389,7 @@ async fn concurrent_sends_of_one_sop_uid_under_two_studies_store_one_object() {
             .contains("is already stored with different content"));
     }
     assert_eq!(
-        t.stored_objects().len(),
+        t.stored_objects().await.len(),
         20,
         "one object per SOP Instance UID: the loser of each race left no orphan"
     );

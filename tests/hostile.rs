@@ -87,17 +87,18 @@ async fn damaged_instances_are_answered_and_never_half_stored() {
         }
     }
     assert_eq!(
-        t.stored_objects().len(),
+        t.stored_objects().await.len(),
         stored.len(),
         "objects stored = instances reported stored"
     );
     // the original is intact
     let original = t
         .stored_objects()
+        .await
         .into_iter()
         .find(|p| p.ends_with("1.2.3.1.1.dcm"))
         .unwrap();
-    assert_eq!(std::fs::read(original).unwrap(), base);
+    assert_eq!(t.server.store.get(&original).await.unwrap().to_vec(), base);
     assert_eq!(t.healthz().await, 200);
     t.stop().await;
 }
@@ -149,7 +150,7 @@ async fn garbage_bodies_get_a_400_and_the_server_stays_up() {
             other => panic!("round {round}: status {other}: {json}"),
         }
     }
-    assert!(t.stored_objects().is_empty());
+    assert!(t.stored_objects().await.is_empty());
     assert_eq!(t.healthz().await, 200);
     t.stop().await;
 }

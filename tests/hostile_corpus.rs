@@ -27,14 +27,13 @@ pub fn corpus_limits() -> Limits {
 }
 
 /// Every object file with its bytes: what "nothing changed" is checked against.
-fn objects(t: &TestServer) -> BTreeMap<PathBuf, Vec<u8>> {
-    t.stored_objects()
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(&p).expect("read object");
-            (p, b)
-        })
-        .collect()
+async fn objects(t: &TestServer) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for key in t.stored_objects().await {
+        let b = t.server.store.get(&key).await.expect("read object");
+        out.insert(key, b.to_vec());
+    }
+    out
 }
 
 async fn send(t: &TestServer, case: &Case) -> (u16, Option<String>, Value) {
@@ -133,7 +132,7 @@ async fn every_hostile_case_gets_its_exact_answer_and_changes_nothing() {
         .stow("/dicomweb/studies", std::slice::from_ref(&base), None)
         .await;
     assert_eq!(status, 200, "the valid base instance is stored: {body}");
-    let stored = objects(&t);
+    let stored = objects(&t).await;
     let (_, summary) = t.get_json("/api/v1/summary").await;
     let counts = t.server.catalog.counts().await.unwrap();
     assert_eq!((counts.studies, counts.instances), (1, 1));
@@ -152,7 +151,7 @@ async fn every_hostile_case_gets_its_exact_answer_and_changes_nothing() {
             "{}: the server stopped answering",
             case.name
         );
-        if objects(&t) != stored {
+        if objects(&t).await != stored {
             wrong.push(format!("{}: the object store changed", case.name));
         }
         if t.server.catalog.counts().await.unwrap() != counts {
@@ -230,7 +229,7 @@ async fn the_upload_client_reports_every_hostile_file_and_sends_the_rest() {
         1 + good.len()
     )));
     t.wait_worklisted(&study.study_uid).await;
-    assert_eq!(t.stored_objects().len(), 1 + good.len());
+    assert_eq!(t.stored_objects().await.len(), 1 + good.len());
     t.stop().await;
 }
 

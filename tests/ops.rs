@@ -17,6 +17,11 @@ async fn readyz_reports_the_catalog_store_and_model_and_names_what_is_missing() 
         "a process with workers names its model: {body}"
     );
 
+    if common::backends::scaled() {
+        // Unreachable S3 is covered in tests/object_store.rs; this moves a folder.
+        t.stop().await;
+        return;
+    }
     let objects = t.dir.path().join("data/objects");
     let moved = t.dir.path().join("data/objects-away");
     std::fs::rename(&objects, &moved).unwrap();

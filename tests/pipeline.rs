@@ -147,12 +147,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     let parts = study_parts(&dir.path().join("in"), &p);
     // An API-only node takes the upload; a worker leases the job and "dies".
     let mut cfg = test_config(&data);
-    common::backends::use_fresh_catalog(
-        &mut cfg,
-        common::backends::server_backend(),
-        &dir.path().join("secrets"),
-    )
-    .await;
+    common::backends::use_fresh_stack(&mut cfg, &dir.path().join("secrets")).await;
     cfg.worker.concurrency = 0;
     let model = tamiz::model::ModelCard::load(&cfg.model.card)
         .unwrap()
@@ -291,7 +286,7 @@ async fn real_cbis_ddsm_mammograms_are_uploaded_by_the_cli_and_triaged() {
         assert_eq!(s.views.len(), 1);
     }
     // Re-running the upload is safe: everything already stored, nothing duplicated.
-    let before = t.stored_objects().len();
+    let before = t.stored_objects().await.len();
     let out = run(args).await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
@@ -300,7 +295,7 @@ async fn real_cbis_ddsm_mammograms_are_uploaded_by_the_cli_and_triaged() {
             .count(),
         8
     );
-    assert_eq!(t.stored_objects().len(), before);
+    assert_eq!(t.stored_objects().await.len(), before);
     t.stop().await;
 }
 

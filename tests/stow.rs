@@ -38,14 +38,14 @@ async fn four_views_reach_the_home_center_worklist_in_priority_order() {
     // no header: Institution Name "CLINIC B" identifies clinic-b → home center "central"
     let healthy_north = plan(203, false);
     let files = study_parts(&dir, &healthy);
-    let (status, _) = t
+    let (status, body) = t
         .stow(
             &format!("/dicomweb/studies/{}", healthy.study_uid),
             &files,
             None,
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{body}");
     let files = study_parts(&dir, &healthy_north);
     assert_eq!(
         t.stow("/dicomweb/studies", &files, Some("clinic-a"))
@@ -125,7 +125,7 @@ async fn resending_an_instance_is_a_success_without_a_second_copy() {
     let (status, body) = t.stow("/dicomweb/studies", &one, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(seq(&body, "00081199").len(), 1);
-    assert_eq!(t.stored_objects().len(), 1);
+    assert_eq!(t.stored_objects().await.len(), 1);
     t.stop().await;
 }
 
@@ -152,10 +152,10 @@ async fn different_bytes_under_a_known_sop_uid_are_refused_and_the_stored_copy_k
         .as_str()
         .unwrap()
         .contains("different content"));
-    let stored = t.stored_objects();
+    let stored = t.stored_objects().await;
     assert_eq!(stored.len(), 1);
     assert_eq!(
-        std::fs::read(&stored[0]).unwrap(),
+        t.server.store.get(&stored[0]).await.unwrap().to_vec(),
         original,
         "stored instance untouched"
     );
@@ -234,7 +234,7 @@ async fn bad_instances_get_a_named_error_and_store_nothing() {
         .iter()
         .all(|f| first(f, "00081197").as_u64().is_some()));
     assert_eq!(
-        t.stored_objects().len(),
+        t.stored_objects().await.len(),
         1,
         "only the good instance is stored"
     );
@@ -314,7 +314,7 @@ async fn malformed_requests_are_refused_whole() {
         json.to_string().contains("not to the study 1.2.3.4"),
         "{json}"
     );
-    assert!(t.stored_objects().is_empty());
+    assert!(t.stored_objects().await.is_empty());
     // bad JSON requests on the worklist API
     let (code, _) = t
         .post_json(
@@ -355,6 +355,6 @@ async fn an_instance_over_the_size_limit_fails_alone() {
         .as_str()
         .unwrap()
         .contains("exceeds the limit"));
-    assert!(t.stored_objects().is_empty());
+    assert!(t.stored_objects().await.is_empty());
     t.stop().await;
 }

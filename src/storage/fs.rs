@@ -140,6 +140,48 @@ impl ObjectStore for FsStore {
         .boxed()
     }
 
+    fn read_range<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, Result<Bytes, StoreError>> {
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let path = self.path(key)?;
+            let io = |source| StoreError::Io {
+                key: key.to_owned(),
+                source,
+            };
+            let mut f = match tokio::fs::File::open(&path).await {
+                Ok(f) => f,
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(StoreError::NotFound(key.to_owned()))
+                }
+                Err(e) => return Err(io(e)),
+            };
+            f.seek(std::io::SeekFrom::Start(offset)).await.map_err(io)?;
+            let mut buf = Vec::new();
+            f.take(len).read_to_end(&mut buf).await.map_err(io)?;
+            Ok(Bytes::from(buf))
+        }
+        .boxed()
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || list_under(&root, &prefix))
+                .await
+                .map_err(|e| StoreError::Io {
+                    key: String::new(),
+                    source: std::io::Error::other(e),
+                })?
+        }
+        .boxed()
+    }
+
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
             let path = self.path(key)?;
@@ -183,6 +225,41 @@ impl ObjectStore for FsStore {
         }
         .boxed()
     }
+}
+
+/// Keys of the files under `root` that start with `prefix` (the temp folder and
+/// other dot-names are not objects).
+fn list_under(root: &Path, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let mut keys = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(StoreError::Io {
+                    key: dir.display().to_string(),
+                    source,
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(path);
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                let key = rel.to_string_lossy().into_owned();
+                if key.starts_with(prefix) {
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    keys.sort();
+    Ok(keys)
 }
 
 #[cfg(test)]

@@ -1,15 +1,32 @@
-//! Object storage for the DICOM bytes: a trait, and the local-directory store of the
-//! embedded mode. Keys are `studies/{study}/{series}/{sop}.dcm` built from validated
-//! UIDs; the store refuses any other shape of key anyway.
+//! Object storage for the DICOM bytes: a trait, the local-directory store of the
+//! embedded mode and the S3 store of the scale-out mode, chosen by [`open`]. Keys are
+//! `studies/{study}/{series}/{sop}.dcm` built from validated UIDs; the stores refuse
+//! any other shape of key anyway.
 
 mod fs;
+mod s3;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 pub use fs::FsStore;
+pub use s3::S3Store;
+
+/// The object store the configuration names: the S3 bucket of `[storage] s3_bucket`
+/// (or `TAMIZ_S3_BUCKET`), else the directory `objects/` in the data directory.
+pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    match &config.storage.s3_bucket {
+        Some(bucket) => Ok(Arc::new(
+            S3Store::connect(bucket, &config.storage.s3_prefix).await?,
+        )),
+        None => Ok(Arc::new(FsStore::open(
+            config.server.data_dir.join("objects"),
+        )?)),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -19,6 +36,15 @@ pub enum StoreError {
     NotFound(String),
     #[error("object store I/O on `{key}`: {source}")]
     Io { key: String, source: std::io::Error },
+    #[error("object store {op} on `{key}`: {message}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    /// The store cannot be used at all (missing bucket, refused credentials).
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a conditional write did.
@@ -44,6 +70,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Bytes, StoreError>>;
     /// The object as a stream, for objects of any size.
     fn reader<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StoreError>>;
+    /// At most `len` bytes from `offset` (fewer at the end of the object).
+    fn read_range<'a>(
+        &'a self,
+        key: &'a str,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, Result<Bytes, StoreError>>;
+    /// Every key under `prefix`, sorted (what a consistency check compares with the
+    /// catalog to find orphans).
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Removes the object under `key`; removing an absent key is not an error. Only
     /// for objects that nothing references (the loser of an upload race).

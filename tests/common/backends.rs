@@ -1,6 +1,8 @@
-//! The catalog backends the suite runs against: SQLite always, PostgreSQL when
-//! `TAMIZ_TEST_POSTGRES` names a server to make test databases in (`scripts/test.sh`
-//! starts a private one). Under CI a missing PostgreSQL is a failure, never a skip.
+//! The stacks the suite runs against. Catalog: SQLite always, PostgreSQL when
+//! `TAMIZ_TEST_POSTGRES` names a server to make test databases in. Object store: the
+//! data directory, or the S3 bucket `TAMIZ_TEST_S3_BUCKET` of the S3-compatible server
+//! the AWS variables point at. `scripts/test.sh` starts both services; under CI a
+//! missing service is a failure, never a skip.
 
 use std::path::Path;
 
@@ -37,12 +39,31 @@ pub fn backends() -> Vec<Backend> {
     b
 }
 
-/// The backend the server tests run on: `TAMIZ_TEST_CATALOG=postgres` (the second
-/// pass of `scripts/test.sh`) or SQLite.
+/// Whether the server tests run on the scale-out stack, PostgreSQL + S3
+/// (`TAMIZ_TEST_STACK=scaled`, the second pass of `scripts/test.sh`), or on the
+/// embedded one.
+pub fn scaled() -> bool {
+    std::env::var("TAMIZ_TEST_STACK").as_deref() == Ok("scaled")
+}
+
+/// The catalog backend of the server tests.
 pub fn server_backend() -> Backend {
-    match std::env::var("TAMIZ_TEST_CATALOG").as_deref() {
-        Ok("postgres") => Backend::Postgres,
-        _ => Backend::Sqlite,
+    if scaled() {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
+/// Points `config` at a fresh stack of this run's kind: a new catalog (see
+/// [`use_fresh_catalog`]) and, on the scaled stack, a new prefix in the test bucket.
+pub async fn use_fresh_stack(config: &mut Config, secrets: &Path) {
+    use_fresh_catalog(config, server_backend(), secrets).await;
+    if scaled() {
+        let bucket = std::env::var("TAMIZ_TEST_S3_BUCKET")
+            .expect("TAMIZ_TEST_S3_BUCKET names the test bucket on the scaled stack");
+        config.storage.s3_bucket = Some(bucket);
+        config.storage.s3_prefix = format!("t{}", hex::encode(rand::random::<[u8; 4]>()));
     }
 }
 

@@ -78,13 +78,16 @@ impl TestServer {
 
     /// Starts over `dir/data` (which may already hold files).
     pub async fn start_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        // The server's warnings in the output of a failing test (captured otherwise).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("TAMIZ_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .try_init();
         let mut config = test_config(&dir.path().join("data"));
-        backends::use_fresh_catalog(
-            &mut config,
-            backends::server_backend(),
-            &dir.path().join("secrets"),
-        )
-        .await;
+        backends::use_fresh_stack(&mut config, &dir.path().join("secrets")).await;
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -178,13 +181,14 @@ impl TestServer {
         resp.status().as_u16()
     }
 
-    /// Every file under the object store (what "stores nothing" is checked against).
-    pub fn stored_objects(&self) -> Vec<PathBuf> {
-        let root = self.dir.path().join("data/objects/studies");
-        if !root.exists() {
-            return Vec::new();
-        }
-        tamiz::upload::collect_files(&[root]).expect("list objects")
+    /// Every instance object in the store, by key (what "stores nothing" is checked
+    /// against), whichever store runs.
+    pub async fn stored_objects(&self) -> Vec<String> {
+        self.server
+            .store
+            .list("studies/")
+            .await
+            .expect("list objects")
     }
 
     pub async fn stop(self) {
