@@ -140,12 +140,26 @@ fn main() -> anyhow::Result<()> {
         // Passes every check: what the header parse may hold, at its bound, per upload.
         "valid instance with a private blob just under max_header_bytes",
         {
-            let base = corpus::base_instance();
+            // A study and instance of its own: the corpus phase stored instances under
+            // the base's UIDs (other bytes there are refused, as is another woman).
+            let base = corpus::mutate(&corpus::base_instance(), |o| {
+                for (tag, uid) in [
+                    (dicom_dictionary_std::tags::SOP_INSTANCE_UID, "1.2.3.99.1"),
+                    (dicom_dictionary_std::tags::STUDY_INSTANCE_UID, "1.2.3.99"),
+                ] {
+                    o.put(dicom_core::DataElement::new(
+                        tag,
+                        dicom_core::VR::UI,
+                        dicom_core::value::PrimitiveValue::from(uid),
+                    ));
+                }
+                o.meta_mut().media_storage_sop_instance_uid = "1.2.3.99.1".into();
+            });
             let at = corpus::dataset_start(&base);
             let blob = corpus::explicit(
                 (0x0009, 0x1010),
                 b"OB",
-                &vec![0x5Au8; limits.max_header_bytes as usize - 4096],
+                &vec![0x5Au8; limits.max_header_bytes as usize - (64 << 10)],
             );
             Case {
                 name: "header at the bound".into(),

@@ -138,14 +138,23 @@ impl Ingest {
             None => {}
         }
         let key = instance_key(&meta.study_uid, &meta.series_uid, &meta.sop_instance_uid);
-        let created = self.store.put_file_if_absent(&key, path).await? == PutOutcome::Created;
-        if !created {
+        let mut attempts = 0;
+        let created = loop {
+            attempts += 1;
+            if self.store.put_file_if_absent(&key, path).await? == PutOutcome::Created {
+                break true;
+            }
             // An uncatalogued object: left by a crash after the write (adopt it if it
             // is the same bytes) or by a concurrent upload of different bytes.
-            if crate::storage::sha256(self.store.as_ref(), &key).await? != sha256 {
-                return Err(conflict());
+            match crate::storage::sha256(self.store.as_ref(), &key).await {
+                Ok(existing) if existing == sha256 => break false,
+                Ok(_) => return Err(conflict()),
+                // Gone since: a concurrent upload made it, was refused by the catalog
+                // and removed it. Write it ourselves.
+                Err(StoreError::NotFound(_)) if attempts < 3 => continue,
+                Err(e) => return Err(e.into()),
             }
-        }
+        };
         let center = identify_imaging_center(
             &self.config,
             declared_center,

@@ -358,3 +358,90 @@ async fn an_instance_over_the_size_limit_fails_alone() {
     assert!(t.stored_objects().await.is_empty());
     t.stop().await;
 }
+
+/// Sixteen uploads of one new instance at once: one stores it, the others hear
+/// "stored" too (a resend), none is refused or told to retry, and one object is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_uploads_racing_all_succeed_and_store_one_object() {
+    let t = std::sync::Arc::new(TestServer::start().await);
+    let base = common::corpus::base_instance();
+    assert_eq!(
+        t.stow("/dicomweb/studies", std::slice::from_ref(&base), None)
+            .await
+            .0,
+        200
+    );
+    // Another view of the stored study, sent sixteen times at once.
+    let bytes = common::corpus::mutate(&base, |o| {
+        o.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.1.99"),
+        ));
+        o.meta_mut().media_storage_sop_instance_uid = "1.2.3.1.99".into();
+    });
+    // With 24 MiB of attributes, so that the parses overlap as in the hostile bench.
+    let at = common::corpus::dataset_start(&bytes);
+    let blob = common::corpus::explicit((0x0009, 0x1010), b"OB", &vec![0x5A; 24 << 20]);
+    let bytes = [&bytes[..at], &blob, &bytes[at..]].concat();
+    let sends = (0..16).map(|_| {
+        let (t, bytes) = (t.clone(), bytes.clone());
+        tokio::spawn(async move { t.stow("/dicomweb/studies", &[bytes], None).await })
+    });
+    for s in sends {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(t.stored_objects().await.len(), 2);
+    assert_eq!(t.server.catalog.counts().await.unwrap().instances, 2);
+}
+
+/// Sixteen uploads at once of an image of another woman under a stored study: every
+/// one is refused with the reason (the object one of them wrote and removed again
+/// never turns the others into "retry later"), and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_uploads_of_a_refused_instance_are_all_refused_with_the_reason() {
+    let t = std::sync::Arc::new(TestServer::start().await);
+    let base = common::corpus::base_instance();
+    assert_eq!(
+        t.stow("/dicomweb/studies", std::slice::from_ref(&base), None)
+            .await
+            .0,
+        200
+    );
+    let other = common::corpus::mutate(&base, |o| {
+        o.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.1.98"),
+        ));
+        o.meta_mut().media_storage_sop_instance_uid = "1.2.3.1.98".into();
+        o.put(DataElement::new(
+            tags::PATIENT_ID,
+            VR::LO,
+            PrimitiveValue::from("SOMEONE-ELSE"),
+        ));
+    });
+    let at = common::corpus::dataset_start(&other);
+    let blob = common::corpus::explicit((0x0009, 0x1010), b"OB", &vec![0x5A; 8 << 20]);
+    let other = [&other[..at], &blob, &other[at..]].concat();
+    let sends = (0..16).map(|_| {
+        let (t, bytes) = (t.clone(), other.clone());
+        tokio::spawn(async move { t.stow("/dicomweb/studies", &[bytes], None).await })
+    });
+    for s in sends {
+        let (status, body) = s.await.unwrap();
+        assert_eq!(status, 409, "{body}");
+        let failed = seq(&body, "00081198");
+        assert_eq!(first(failed[0], "00081197"), 0xA900, "{body}");
+        assert!(first(failed[0], "00000902")
+            .as_str()
+            .unwrap()
+            .ends_with("its Patient ID (or Issuer of Patient ID) differs from the one of the study's instances already stored"));
+    }
+    assert_eq!(
+        t.stored_objects().await.len(),
+        1,
+        "only the first woman's image"
+    );
+}
