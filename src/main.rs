@@ -29,6 +29,16 @@ enum Command {
         #[arg(long)]
         no_workers: bool,
     },
+    /// Run triage workers only (no HTTP): lease jobs from the configured catalog,
+    /// read studies from the configured store. SIGTERM finishes the jobs in hand.
+    Worker {
+        /// Configuration file [default: pipeline.toml, all defaults if it is absent].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Worker slots in this process [default: worker.concurrency].
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// Upload DICOM files and folders to a tamiz server over STOW-RS.
     Upload {
         /// Base URL of the server, e.g. http://127.0.0.1:8042
@@ -129,6 +139,26 @@ fn main() -> anyhow::Result<()> {
                 shutdown_signal().await?;
                 tracing::info!("shutting down: finishing jobs in hand");
                 server.stop().await;
+                Ok(())
+            })
+        }
+        Command::Worker {
+            config,
+            concurrency,
+        } => {
+            init_tracing();
+            let must_exist = config.is_some();
+            let path = config.unwrap_or_else(|| PathBuf::from("pipeline.toml"));
+            let mut config = Config::load(&path, must_exist)?;
+            if let Some(n) = concurrency {
+                config.worker.concurrency = n;
+            }
+            rt.block_on(async {
+                let workers = tamiz::worker::start(config).await?;
+                println!("tamiz worker running model {}", workers.model_version);
+                shutdown_signal().await?;
+                tracing::info!("shutting down: finishing jobs in hand");
+                workers.stop().await;
                 Ok(())
             })
         }

@@ -27,6 +27,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub catalog: Catalog,
     pub store: Arc<dyn ObjectStore>,
+    /// The configuration it runs with (what a worker process joining it needs).
+    pub config: Arc<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -84,14 +86,11 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             model,
             config: config.clone(),
         };
-        for i in 0..config.worker.concurrency {
-            let name = format!("worker-{}-{i}", std::process::id());
-            tasks.push(tokio::spawn(worker::run(
-                ctx.clone(),
-                name,
-                shutdown_rx.clone(),
-            )));
-        }
+        tasks.extend(worker::spawn_slots(
+            &ctx,
+            config.worker.concurrency,
+            &shutdown_rx,
+        ));
     }
 
     tasks.push(tokio::spawn(sweep_stable_studies(
@@ -125,6 +124,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         addr,
         catalog,
         store: store_handle,
+        config: config.clone(),
         shutdown: shutdown_tx,
         tasks,
     })

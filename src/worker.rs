@@ -64,6 +64,77 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Starts `n` worker slots sharing `ctx`; each stops once `shutdown` turns true, after
+/// finishing the job in hand.
+pub fn spawn_slots(
+    ctx: &WorkerContext,
+    n: usize,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let name = format!("worker-{}-{}-{i}", hostname(), std::process::id());
+            tokio::spawn(run(ctx.clone(), name, shutdown.clone()))
+        })
+        .collect()
+}
+
+/// The machine's name, for lease owners (several machines share one catalog).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// The worker slots of a `tamiz worker` process.
+pub struct RunningWorkers {
+    pub model_version: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningWorkers {
+    /// Lets every slot finish its job in hand, then returns.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// `tamiz worker`: opens the catalog and object store the configuration names, loads
+/// the model and runs `worker.concurrency` slots (at least one) that only lease and
+/// run triage jobs; no HTTP, no ingest. Any number of such processes, on any machines,
+/// share one catalog and one store.
+pub async fn start(config: Config) -> anyhow::Result<RunningWorkers> {
+    use anyhow::Context;
+    let config = Arc::new(config);
+    let catalog = Catalog::open(&config)
+        .await
+        .context("opening the catalog")?;
+    let store = crate::storage::open(&config)
+        .await
+        .context("opening the object store")?;
+    let (path, threads) = (config.model.card.clone(), config.model.intra_threads);
+    let model = tokio::task::spawn_blocking(move || Model::load(&path, threads)).await??;
+    let model_version = model.card.version_key();
+    tracing::info!(model = %model_version, catalog = catalog.backend(), "worker process started");
+    let ctx = WorkerContext {
+        catalog,
+        store,
+        model,
+        config: config.clone(),
+    };
+    let (shutdown, rx) = watch::channel(false);
+    let tasks = spawn_slots(&ctx, config.worker.concurrency.max(1), &rx);
+    Ok(RunningWorkers {
+        model_version,
+        shutdown,
+        tasks,
+    })
+}
+
 /// Runs one worker until `shutdown` turns true; a job in progress is finished first.
 pub async fn run(ctx: WorkerContext, name: String, mut shutdown: watch::Receiver<bool>) {
     let poll = Duration::from_millis(ctx.config.worker.poll_interval_ms);

@@ -342,3 +342,98 @@ print(len(result.ReferencedSOPSequence))
     );
     t.stop().await;
 }
+
+/// An API-only node takes the upload; a separate `tamiz worker` process, sharing only
+/// the catalog and the object store (SQLite + directory, or PostgreSQL + S3), triages
+/// it onto the home center's worklist, and stops cleanly on SIGTERM.
+#[tokio::test]
+async fn a_worker_process_triages_what_an_api_only_node_received() {
+    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
+    let p = plan(57, true);
+    let parts = study_parts(&t.dir.path().join("in"), &p);
+    assert_eq!(
+        t.stow("/dicomweb/studies", &parts, Some("clinic-a"))
+            .await
+            .0,
+        200
+    );
+    let card = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/triage.toml");
+    let toml = format!(
+        r#"default_diagnosis_center = "central"
+[model]
+card = "{}"
+intra_threads = 1
+[worker]
+concurrency = 1
+poll_interval_ms = 50
+heartbeat_secs = 1
+[[diagnosis_centers]]
+id = "central"
+name = "Central"
+[[diagnosis_centers]]
+id = "north"
+name = "North"
+[[imaging_centers]]
+id = "clinic-a"
+name = "Clinic A"
+home = "north"
+[[imaging_centers]]
+id = "clinic-b"
+name = "Clinic B"
+home = "central"
+institution_names = ["CLINIC B"]
+"#,
+        card.display()
+    );
+    let config_path = t.dir.path().join("worker.toml");
+    std::fs::write(&config_path, toml).unwrap();
+    let cfg = &t.server.config;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tamiz"));
+    cmd.args(["worker", "--config"])
+        .arg(&config_path)
+        .env("TAMIZ_DATA_DIR", &cfg.server.data_dir)
+        .env("TAMIZ_LOG", "warn")
+        .stdout(std::process::Stdio::piped());
+    if let Some(url) = &cfg.catalog.url {
+        cmd.env("TAMIZ_DATABASE_URL", url);
+    }
+    if let Some(salt) = &cfg.catalog.salt_file {
+        cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
+    }
+    if let Some(bucket) = &cfg.storage.s3_bucket {
+        cmd.env("TAMIZ_S3_BUCKET", bucket)
+            .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
+    }
+    let mut worker = cmd.spawn().expect("start tamiz worker");
+    let status = t.wait_worklisted(&p.study_uid).await;
+    let item = status.worklist.unwrap();
+    assert!(
+        item.triaged,
+        "scored by the worker process: {}",
+        item.reason
+    );
+    assert_eq!(item.center, "north", "routed to clinic-a's home center");
+
+    let pid = worker.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker ignored SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut worker.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.starts_with("tamiz worker running model "), "{out}");
+    t.stop().await;
+}
