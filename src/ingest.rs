@@ -133,7 +133,10 @@ impl Ingest {
         };
         // Fast path for resends: nothing is written.
         match self.catalog.instance_sha256(&meta.sop_instance_uid).await? {
-            Some(existing) if existing == sha256 => return Ok((meta, Accepted::AlreadyStored)),
+            Some(existing) if existing == sha256 => {
+                crate::metrics::metrics().count_ingest("already_stored");
+                return Ok((meta, Accepted::AlreadyStored));
+            }
             Some(_) => return Err(conflict()),
             None => {}
         }
@@ -174,10 +177,16 @@ impl Ingest {
             .await?;
         match outcome {
             InsertOutcome::Inserted { study_ready } => {
+                let m = crate::metrics::metrics();
+                m.count_ingest("stored");
+                m.ingest_bytes.inc_by(size);
                 tracing::info!(study = %meta.study_uid, sop = %meta.sop_instance_uid, study_ready, "instance stored");
                 Ok((meta, Accepted::Stored))
             }
-            InsertOutcome::Duplicate => Ok((meta, Accepted::AlreadyStored)),
+            InsertOutcome::Duplicate => {
+                crate::metrics::metrics().count_ingest("already_stored");
+                Ok((meta, Accepted::AlreadyStored))
+            }
             InsertOutcome::Conflict { .. } => {
                 // A concurrent upload catalogued this SOP Instance UID first (under
                 // another study, or with other bytes) after our check above. The object

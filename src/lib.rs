@@ -35,6 +35,7 @@ pub mod dicom;
 pub mod evaluate;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod parallel;
 pub mod preprocess;

@@ -256,8 +256,14 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
                     .clock_ms()
                     .await
                     .unwrap_or_else(|_| crate::now_ms());
-                if let Err(e) = ctx.catalog.retry_job(&job, &reason, now + backoff).await {
-                    tracing::warn!(error = %e, "could not schedule the retry");
+                match ctx.catalog.retry_job(&job, &reason, now + backoff).await {
+                    Ok(()) => crate::metrics::metrics().count_job("retry"),
+                    Err(e) => {
+                        if matches!(e, CatalogError::LeaseLost) {
+                            crate::metrics::metrics().count_job("lease_lost");
+                        }
+                        tracing::warn!(error = %e, "could not schedule the retry");
+                    }
                 }
                 return;
             }
@@ -276,9 +282,18 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
         .await
     {
         Ok(()) => {
+            crate::metrics::metrics().count_job(match outcome {
+                JobOutcome::Done => "done",
+                JobOutcome::Dead => "dead",
+            });
             tracing::info!(priority = item.triage.priority.as_str(), center = %item.center, "study on worklist")
         }
-        Err(e) => tracing::warn!(error = %e, "finishing the job failed; it will run again"),
+        Err(e) => {
+            if matches!(e, CatalogError::LeaseLost) {
+                crate::metrics::metrics().count_job("lease_lost");
+            }
+            tracing::warn!(error = %e, "finishing the job failed; it will run again")
+        }
     }
 }
 
@@ -314,8 +329,14 @@ pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, Str
                     .from_reader(bytes)
             })
             .map_err(|e| format!("cannot parse: {e}"))?;
+        let t0 = std::time::Instant::now();
         let img = decode_display(&obj).map_err(|e| e.to_string())?;
-        Ok(preprocess(img, spec))
+        let t1 = std::time::Instant::now();
+        let out = preprocess(img, spec);
+        let m = crate::metrics::metrics();
+        m.observe_stage("decode", (t1 - t0).as_secs_f64());
+        m.observe_stage("preprocess", t1.elapsed().as_secs_f64());
+        Ok(out)
     }))
     .unwrap_or_else(|_| Err("the decoder crashed on corrupt pixel data".into()))
 }
@@ -381,6 +402,8 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
     }))
     .await?;
     let fetched_at = started.elapsed();
+    let m = crate::metrics::metrics();
+    m.observe_stage("fetch", fetched_at.as_secs_f64());
     let spec = ctx.model.card.preprocess.clone();
     let n = fetched.len();
     let (names, batch) = tokio::task::spawn_blocking(move || prepare_batch(&fetched, &spec))
@@ -393,6 +416,7 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         .infer(batch, n)
         .await
         .map_err(|e| StudyError::Transient(e.to_string()))?;
+    m.observe_stage("inference", (started.elapsed() - prepared_at).as_secs_f64());
     tracing::debug!(
         fetch_ms = fetched_at.as_millis() as u64,
         prepare_ms = (prepared_at - fetched_at).as_millis() as u64,

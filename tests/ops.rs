@@ -51,3 +51,57 @@ async fn readyz_reports_the_catalog_store_and_model_and_names_what_is_missing() 
     );
     api_only.stop().await;
 }
+
+/// `/metrics` after a study went through: ingest counts and bytes, stage latencies,
+/// jobs by state, and the backlog per center and priority, in the Prometheus text
+/// format; no UID or patient data in it.
+#[tokio::test]
+async fn metrics_report_ingest_stages_jobs_and_backlog_without_patient_data() {
+    let t = TestServer::start().await;
+    let p = plan(61, true);
+    let parts = study_parts(&t.dir.path().join("in"), &p);
+    assert_eq!(
+        t.stow("/dicomweb/studies", &parts, Some("clinic-a"))
+            .await
+            .0,
+        200
+    );
+    let item = t.wait_worklisted(&p.study_uid).await.worklist.unwrap();
+    let resp = t
+        .http
+        .get(format!("{}/metrics", t.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+    };
+    // Counters are this process's (other tests of this binary may add to them).
+    assert!(value(r#"tamiz_ingest_instances_total{outcome="stored"}"#) >= 4.0);
+    assert!(value("tamiz_ingest_stored_bytes_total") > 0.0);
+    assert!(value(r#"tamiz_job_attempts_total{outcome="done"}"#) >= 1.0);
+    for stage in ["fetch", "decode", "preprocess", "inference"] {
+        assert!(
+            value(&format!(r#"tamiz_stage_seconds_count{{stage="{stage}"}}"#)) >= 1.0,
+            "{stage}"
+        );
+    }
+    // Gauges come from this test's own catalog: exact.
+    assert_eq!(value(r#"tamiz_jobs{state="done"}"#), 1.0);
+    let series = format!(
+        r#"tamiz_worklist_open_items{{center="north",priority="{}"}}"#,
+        item.priority
+    );
+    assert_eq!(value(&series), 1.0);
+    assert!(!text.contains(&p.study_uid), "no UIDs in metrics");
+    assert!(!text.contains(&p.patient_id), "no patient IDs in metrics");
+    t.stop().await;
+}

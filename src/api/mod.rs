@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/dicomweb/studies", post(stow::store_instances))
         .route(
             "/dicomweb/studies/{study}",
@@ -108,6 +109,28 @@ impl IntoResponse for ApiError {
 /// Ready to take work: the catalog and the object store answer (and, where this
 /// process runs workers, the model is loaded, which start-up guarantees). 503 naming
 /// what is not ready otherwise. No patient data.
+/// `GET /metrics`: Prometheus text (no patient data).
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match crate::metrics::metrics().render(&state.catalog).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "rendering metrics failed");
+            ApiError::unavailable(
+                "metrics unavailable: the catalog did not answer (see server log)",
+                5,
+            )
+            .into_response()
+        }
+    }
+}
+
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     let catalog = state.catalog.ping().await.err().map(|e| {
         tracing::warn!(error = %e, "readiness: catalog");

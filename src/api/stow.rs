@@ -338,6 +338,18 @@ async fn read_uids(path: std::path::PathBuf) -> (Option<String>, Option<String>)
 }
 
 fn failed(e: IngestError, sop_class: Option<String>, sop: Option<String>) -> PartResult {
+    let result = failed_part(e, sop_class, sop);
+    if let PartResult::Failed { failure, .. } = &result {
+        crate::metrics::metrics().count_ingest(match failure {
+            Failure::Refused => "refused",
+            Failure::Temporary => "temporary",
+            Failure::DiskFull => "disk_full",
+        });
+    }
+    result
+}
+
+fn failed_part(e: IngestError, sop_class: Option<String>, sop: Option<String>) -> PartResult {
     let (reason, comment, failure) = match e {
         IngestError::Invalid(inv) => (inv.failure_reason(), inv.to_string(), Failure::Refused),
         IngestError::Conflict {

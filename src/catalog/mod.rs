@@ -115,8 +115,8 @@ mod worklist;
 
 pub use jobs::{Job, JobOutcome};
 pub use worklist::{
-    CenterSummary, ClaimedItem, ImagingCenterProgress, NewItem, ProgramSummary, Reading,
-    StudyStatus, WorklistItem,
+    CenterSummary, ClaimedItem, ImagingCenterProgress, NewItem, OpenItems, ProgramSummary,
+    QueueSnapshot, Reading, StudyStatus, WorklistItem,
 };
 
 use crate::config::Config;

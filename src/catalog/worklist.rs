@@ -377,3 +377,42 @@ impl Catalog {
         })
     }
 }
+
+/// Open worklist items of one center and priority.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenItems {
+    pub center: String,
+    pub priority: String,
+    pub count: i64,
+    pub oldest_created_ms: i64,
+}
+
+/// The queues as `/metrics` reports them.
+#[derive(Debug, Clone)]
+pub struct QueueSnapshot {
+    /// Jobs per state.
+    pub jobs: Vec<(String, i64)>,
+    pub open: Vec<OpenItems>,
+}
+
+impl Catalog {
+    /// Jobs per state, and open items per center and priority with the oldest one's
+    /// creation time.
+    pub async fn queue_snapshot(&self) -> Result<QueueSnapshot> {
+        let (jobs, open) = on_db!(&self.db, pool, pg => {
+            let jobs: Vec<(String, i64)> =
+                sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+                    .fetch_all(pool)
+                    .await?;
+            let open: Vec<OpenItems> = sqlx::query_as(
+                "SELECT center_id AS center, priority, COUNT(*) AS count, MIN(created_ms) AS oldest_created_ms
+                 FROM worklist_items WHERE state IN ('queued', 'claimed')
+                 GROUP BY center_id, priority ORDER BY center_id, priority",
+            )
+            .fetch_all(pool)
+            .await?;
+            (jobs, open)
+        });
+        Ok(QueueSnapshot { jobs, open })
+    }
+}
