@@ -108,13 +108,21 @@ async fn shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs to stderr: plain text, coloured only when stderr is a terminal (never escape
+/// codes in a log file), or one JSON object per line with `TAMIZ_LOG_FORMAT=json`
+/// (for log shippers). `TAMIZ_LOG` filters.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAMIZ_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tamiz=info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var("TAMIZ_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -392,8 +392,10 @@ institution_names = ["CLINIC B"]
     cmd.args(["worker", "--config"])
         .arg(&config_path)
         .env("TAMIZ_DATA_DIR", &cfg.server.data_dir)
-        .env("TAMIZ_LOG", "warn")
-        .stdout(std::process::Stdio::piped());
+        .env("TAMIZ_LOG", "info")
+        .env("TAMIZ_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     if let Some(url) = &cfg.catalog.url {
         cmd.env("TAMIZ_DATABASE_URL", url);
     }
@@ -435,5 +437,25 @@ institution_names = ["CLINIC B"]
     let mut out = String::new();
     std::io::Read::read_to_string(&mut worker.stdout.take().unwrap(), &mut out).unwrap();
     assert!(out.starts_with("tamiz worker running model "), "{out}");
+    // Its log: one JSON object per line (TAMIZ_LOG_FORMAT=json), no colour codes.
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut worker.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!log.contains('\x1b'), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "worker process started"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "study on worklist"),
+        "{log}"
+    );
     t.stop().await;
 }

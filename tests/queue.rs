@@ -628,3 +628,39 @@ async fn pseudonyms_use_a_salt_kept_outside_the_database() {
         );
     });
 }
+
+/// Several API nodes sweeping for stable studies at once: each study becomes ready,
+/// and gets its job, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stability_sweeps_of_several_nodes_make_each_study_ready_once() {
+    on_every_backend!(|b| {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = common::backends::fresh_catalogs(b, dir.path(), 3).await;
+        for i in 0..20 {
+            let m = meta(
+                &format!("12.{i}"),
+                &format!("12.{i}.9.0"),
+                Laterality::L,
+                View::Cc,
+            );
+            cs[0]
+                .insert_instance(&m, None, "k", 1, "h", MODEL, 100)
+                .await
+                .unwrap();
+        }
+        let sweeps = (0..6).map(|k| {
+            let c = cs[k % 3].clone();
+            tokio::spawn(async move {
+                c.mark_stable_studies_ready(100, 600, MODEL, 700)
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut made_ready = 0;
+        for s in sweeps {
+            made_ready += s.await.unwrap();
+        }
+        assert_eq!(made_ready, 20, "each study made ready by exactly one sweep");
+        assert_eq!(cs[0].counts().await.unwrap().jobs, 20, "one job each");
+    });
+}
