@@ -44,8 +44,8 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(6);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut config = Config::default();
-    config.model.card = root.join("models/triage.toml");
-    let model = Model::load(&config.model.card, 0)?;
+    config.model.card = Some(root.join("models/triage.toml"));
+    let model = Model::load_configured(&config.model)?;
     let spec = model.card.preprocess.clone();
 
     // One synthetic study at full detector size, encoded as real DICOM files.

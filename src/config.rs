@@ -137,11 +137,12 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// The model card (TOML); the `.onnx` file it names sits beside it.
-    pub card: PathBuf,
+    /// The model card (TOML); the `.onnx` file it names sits beside it. Unset: the
+    /// shipped model built into the binary (`models/triage.toml`).
+    pub card: Option<PathBuf>,
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
 }
@@ -280,15 +281,6 @@ impl Default for Limits {
     }
 }
 
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            card: "models/triage.toml".into(),
-            intra_threads: 0,
-        }
-    }
-}
-
 impl Default for CompletenessConfig {
     fn default() -> Self {
         CompletenessConfig {
@@ -351,8 +343,9 @@ impl Config {
         if base.as_os_str().is_empty() {
             return;
         }
-        for p in [&mut self.server.data_dir, &mut self.model.card]
+        for p in [&mut self.server.data_dir]
             .into_iter()
+            .chain(self.model.card.as_mut())
             .chain(self.catalog.salt_file.as_mut())
         {
             if p.is_relative() {

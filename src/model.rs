@@ -84,14 +84,62 @@ pub struct OperatingPoints {
     pub low: f32,
 }
 
+/// The shipped model, built into the binary: `tamiz` runs from any directory (and
+/// from `cargo install`) without the source tree. A configured card replaces it.
+const EMBEDDED_CARD: &str = include_str!("../models/triage.toml");
+const EMBEDDED_ONNX: &[u8] = include_bytes!("../models/triage.onnx");
+/// How the embedded model is named in messages.
+const EMBEDDED_NAME: &str = "<built-in models/triage.toml>";
+
+/// Where a model's ONNX bytes come from.
+#[derive(Debug, Clone)]
+pub enum OnnxSource {
+    File(PathBuf),
+    Embedded,
+}
+
+impl OnnxSource {
+    fn display(&self) -> PathBuf {
+        match self {
+            OnnxSource::File(p) => p.clone(),
+            OnnxSource::Embedded => PathBuf::from("<built-in models/triage.onnx>"),
+        }
+    }
+}
+
 impl ModelCard {
+    /// The configured card (`[model] card`), or the built-in one when none is set.
+    pub fn load_configured(
+        cfg: &crate::config::ModelConfig,
+    ) -> Result<(ModelCard, OnnxSource), ModelError> {
+        match &cfg.card {
+            Some(path) => {
+                let (card, onnx) = ModelCard::load(path)?;
+                Ok((card, OnnxSource::File(onnx)))
+            }
+            None => Ok((
+                ModelCard::parse(EMBEDDED_CARD, Path::new(EMBEDDED_NAME))?,
+                OnnxSource::Embedded,
+            )),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<(ModelCard, PathBuf), ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Card {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let card = ModelCard::parse(&text, path)?;
+        let onnx = path.parent().unwrap_or(Path::new(".")).join(&card.onnx);
+        Ok((card, onnx))
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<ModelCard, ModelError> {
         let err = |reason: String| ModelError::Card {
             path: path.to_owned(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let card: ModelCard = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let card: ModelCard = toml::from_str(text).map_err(|e| err(e.to_string()))?;
         if !(0.0..=1.0).contains(&card.operating_points.low)
             || !(0.0..=1.0).contains(&card.operating_points.urgent)
             || card.operating_points.low > card.operating_points.urgent
@@ -103,8 +151,7 @@ impl ModelCard {
         if card.preprocess.height == 0 || card.preprocess.width == 0 || card.preprocess.std <= 0.0 {
             return Err(err("preprocess height/width must be > 0 and std > 0".into()));
         }
-        let onnx = path.parent().unwrap_or(Path::new(".")).join(&card.onnx);
-        Ok((card, onnx))
+        Ok(card)
     }
 
     /// `name@version`, the key under which triage jobs are made unique.
@@ -180,6 +227,21 @@ impl Model {
     /// inference on a blank view, and starts the model thread.
     pub fn load(card_path: &Path, intra_threads: usize) -> Result<Model, ModelError> {
         let (card, onnx) = ModelCard::load(card_path)?;
+        Model::start(card, OnnxSource::File(onnx), intra_threads)
+    }
+
+    /// The configured model (`[model] card`), or the built-in one.
+    pub fn load_configured(cfg: &crate::config::ModelConfig) -> Result<Model, ModelError> {
+        let (card, onnx) = ModelCard::load_configured(cfg)?;
+        Model::start(card, onnx, cfg.intra_threads)
+    }
+
+    fn start(
+        card: ModelCard,
+        source: OnnxSource,
+        intra_threads: usize,
+    ) -> Result<Model, ModelError> {
+        let onnx = source.display();
         let env = environment()?;
         let mut builder = Session::builder(env)?;
         if intra_threads > 0 {
@@ -187,9 +249,11 @@ impl Model {
                 .with_intra_threads(intra_threads)
                 .map_err(ort::Error::from)?;
         }
-        let mut session = builder
-            .commit_from_file(&onnx)
-            .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", onnx.display())))?;
+        let mut session = match &source {
+            OnnxSource::File(path) => builder.commit_from_file(path),
+            OnnxSource::Embedded => builder.commit_from_memory(EMBEDDED_ONNX),
+        }
+        .map_err(|e| ModelError::Runtime(format!("loading {}: {e}", onnx.display())))?;
         let mismatch = |reason: String| ModelError::Mismatch {
             path: onnx.clone(),
             reason,

@@ -69,15 +69,15 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let spool = Spool::open(&upload_dir, &config.limits)
         .with_context(|| format!("opening the upload spool {}", upload_dir.display()))?;
 
-    let (card, _) = ModelCard::load(&config.model.card)?;
+    let (card, _) = ModelCard::load_configured(&config.model)?;
     let model_version = card.version_key();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut loaded_model = None;
 
     if config.worker.concurrency > 0 {
-        let (path, threads) = (config.model.card.clone(), config.model.intra_threads);
-        let model = tokio::task::spawn_blocking(move || Model::load(&path, threads)).await??;
+        let cfg = config.model.clone();
+        let model = tokio::task::spawn_blocking(move || Model::load_configured(&cfg)).await??;
         tracing::info!(model = %model.card.version_key(), notice = %model.card.notice, "model loaded");
         loaded_model = Some(model.card.version_key());
         let ctx = WorkerContext {

@@ -116,8 +116,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningWorkers> {
     let store = crate::storage::open(&config)
         .await
         .context("opening the object store")?;
-    let (path, threads) = (config.model.card.clone(), config.model.intra_threads);
-    let model = tokio::task::spawn_blocking(move || Model::load(&path, threads)).await??;
+    let cfg = config.model.clone();
+    let model = tokio::task::spawn_blocking(move || Model::load_configured(&cfg)).await??;
     let model_version = model.card.version_key();
     tracing::info!(model = %model_version, catalog = catalog.backend(), "worker process started");
     let ctx = WorkerContext {

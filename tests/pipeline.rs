@@ -149,7 +149,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     let mut cfg = test_config(&data);
     common::backends::use_fresh_stack(&mut cfg, &dir.path().join("secrets")).await;
     cfg.worker.concurrency = 0;
-    let model = tamiz::model::ModelCard::load(&cfg.model.card)
+    let model = tamiz::model::ModelCard::load_configured(&cfg.model)
         .unwrap()
         .0
         .version_key();
@@ -357,11 +357,10 @@ async fn a_worker_process_triages_what_an_api_only_node_received() {
             .0,
         200
     );
-    let card = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/triage.toml");
-    let toml = format!(
-        r#"default_diagnosis_center = "central"
+    // No card named: the worker runs the model built into the binary, from a folder
+    // outside the source tree, and it is the same model version as the API node's.
+    let toml = r#"default_diagnosis_center = "central"
 [model]
-card = "{}"
 intra_threads = 1
 [worker]
 concurrency = 1
@@ -382,15 +381,14 @@ id = "clinic-b"
 name = "Clinic B"
 home = "central"
 institution_names = ["CLINIC B"]
-"#,
-        card.display()
-    );
+"#;
     let config_path = t.dir.path().join("worker.toml");
     std::fs::write(&config_path, toml).unwrap();
     let cfg = &t.server.config;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tamiz"));
     cmd.args(["worker", "--config"])
         .arg(&config_path)
+        .current_dir(t.dir.path())
         .env("TAMIZ_DATA_DIR", &cfg.server.data_dir)
         .env("TAMIZ_LOG", "info")
         .env("TAMIZ_LOG_FORMAT", "json")

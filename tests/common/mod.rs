@@ -22,7 +22,7 @@ pub const COLUMNS: usize = tamiz::dataset::SYNTH_COLUMNS;
 pub fn test_config(data_dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.data_dir = data_dir.to_owned();
-    c.model.card = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/triage.toml");
+    c.model.card = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/triage.toml"));
     c.model.intra_threads = 1;
     c.default_diagnosis_center = "central".into();
     c.diagnosis_centers = vec![
