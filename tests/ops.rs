@@ -105,3 +105,28 @@ async fn metrics_report_ingest_stages_jobs_and_backlog_without_patient_data() {
     assert!(!text.contains(&p.patient_id), "no patient IDs in metrics");
     t.stop().await;
 }
+
+/// The `pipeline.toml` the Kubernetes manifests ship is one tamiz accepts.
+#[test]
+fn the_kubernetes_config_map_holds_a_valid_pipeline_toml() {
+    let yaml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s/configmap.yaml"),
+    )
+    .unwrap();
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "pipeline.toml: |")
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipeline.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let c = tamiz::config::Config::load(&path, true).expect("the config map's pipeline.toml");
+    assert_eq!(c.server.http_addr, "0.0.0.0:8042");
+    assert_eq!(c.worker.concurrency, 0, "API nodes run no workers");
+    assert_eq!(
+        c.catalog.salt_file.as_deref(),
+        Some(std::path::Path::new("/etc/tamiz/secret/pseudonym-salt"))
+    );
+}
