@@ -384,26 +384,11 @@ institution_names = ["CLINIC B"]
 "#;
     let config_path = t.dir.path().join("worker.toml");
     std::fs::write(&config_path, toml).unwrap();
-    let cfg = &t.server.config;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tamiz"));
-    cmd.args(["worker", "--config"])
-        .arg(&config_path)
-        .current_dir(t.dir.path())
-        .env("TAMIZ_DATA_DIR", &cfg.server.data_dir)
-        .env("TAMIZ_LOG", "info")
+    let mut cmd = worker_command(&t, &config_path);
+    cmd.env("TAMIZ_LOG", "info")
         .env("TAMIZ_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    if let Some(url) = &cfg.catalog.url {
-        cmd.env("TAMIZ_DATABASE_URL", url);
-    }
-    if let Some(salt) = &cfg.catalog.salt_file {
-        cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
-    }
-    if let Some(bucket) = &cfg.storage.s3_bucket {
-        cmd.env("TAMIZ_S3_BUCKET", bucket)
-            .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
-    }
     let mut worker = cmd.spawn().expect("start tamiz worker");
     let status = t.wait_worklisted(&p.study_uid).await;
     let item = status.worklist.unwrap();
@@ -454,6 +439,105 @@ institution_names = ["CLINIC B"]
             .iter()
             .any(|l| l["fields"]["message"] == "study on worklist"),
         "{log}"
+    );
+    t.stop().await;
+}
+
+/// `tamiz worker --config CONFIG` joined to the catalog and store of `t`'s server.
+fn worker_command(t: &TestServer, config: &Path) -> Command {
+    let cfg = &t.server.config;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tamiz"));
+    cmd.args(["worker", "--config"])
+        .arg(config)
+        .current_dir(t.dir.path())
+        .env("TAMIZ_DATA_DIR", &cfg.server.data_dir);
+    if let Some(url) = &cfg.catalog.url {
+        cmd.env("TAMIZ_DATABASE_URL", url);
+    }
+    if let Some(salt) = &cfg.catalog.salt_file {
+        cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
+    }
+    if let Some(bucket) = &cfg.storage.s3_bucket {
+        cmd.env("TAMIZ_S3_BUCKET", bucket)
+            .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
+    }
+    cmd
+}
+
+/// An API node and three `tamiz worker` processes, workers killed with SIGKILL again
+/// and again and restarted while a dozen studies are triaged: at the end every study
+/// is on exactly one worklist, none lost or duplicated, every instance in the store.
+#[tokio::test]
+async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
+    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
+    let config_path = t.dir.path().join("worker.toml");
+    std::fs::write(
+        &config_path,
+        "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 50\n\
+         heartbeat_secs = 1\nlease_secs = 2\n",
+    )
+    .unwrap();
+    let plans: Vec<_> = (0..12).map(|i| plan(400 + i, i % 3 == 0)).collect();
+    for p in &plans {
+        let parts = study_parts(&t.dir.path().join("in"), p);
+        assert_eq!(t.stow("/dicomweb/studies", &parts, None).await.0, 200);
+    }
+    let spawn = || {
+        worker_command(&t, &config_path)
+            .env("TAMIZ_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start tamiz worker")
+    };
+    let mut workers: Vec<std::process::Child> = (0..3).map(|_| spawn()).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut kills = 0;
+    loop {
+        let counts = t.server.catalog.counts().await.unwrap();
+        if counts.worklist_items as usize == plans.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all studies reached a worklist"
+        );
+        // Kill one worker every 700 ms and start a new one in its place.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        let victim = kills % workers.len();
+        workers[victim].kill().unwrap(); // SIGKILL
+        workers[victim].wait().unwrap();
+        workers[victim] = spawn();
+        kills += 1;
+    }
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    assert!(
+        kills >= 3,
+        "workers were killed {kills} times while triaging"
+    );
+    let counts = t.server.catalog.counts().await.unwrap();
+    assert_eq!(
+        counts.worklist_items as usize,
+        plans.len(),
+        "exactly one item per study"
+    );
+    assert_eq!(counts.jobs as usize, plans.len(), "one job per study");
+    for p in &plans {
+        let s = t
+            .server
+            .catalog
+            .study_status(&p.study_uid)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.worklist.is_some(), "{} is on a worklist", p.study_uid);
+    }
+    assert_eq!(
+        t.stored_objects().await.len(),
+        plans.len() * 4,
+        "every instance kept"
     );
     t.stop().await;
 }
