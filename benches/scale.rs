@@ -63,27 +63,12 @@ async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64)> {
         &config,
         "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 20\n",
     )?;
-    let cfg = &t.server.config;
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..n {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tamiz"));
-        cmd.args(["worker", "--config"])
-            .arg(&config)
-            .current_dir(t.dir.path())
-            .env("TAMIZ_LOG", "error")
-            .env("TAMIZ_DATA_DIR", &cfg.server.data_dir)
+        let mut cmd = t.worker_command(&config);
+        cmd.env("TAMIZ_LOG", "error")
             .stdout(std::process::Stdio::null());
-        if let Some(url) = &cfg.catalog.url {
-            cmd.env("TAMIZ_DATABASE_URL", url);
-        }
-        if let Some(salt) = &cfg.catalog.salt_file {
-            cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
-        }
-        if let Some(bucket) = &cfg.storage.s3_bucket {
-            cmd.env("TAMIZ_S3_BUCKET", bucket)
-                .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
-        }
         workers.push(cmd.spawn()?);
     }
     loop {

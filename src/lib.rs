@@ -11,13 +11,15 @@
 //!   samples → display values.
 //! - [`ingest`]: one uploaded instance → object store + catalog.
 //! - [`spool`]: what an upload holds while in flight (admission, temp files, bounds).
-//! - [`storage`]: the `ObjectStore` trait and the local-directory store.
-//! - [`catalog`]: SQL: studies, instances, job queue, worklists, readings, targets.
+//! - [`storage`]: the `ObjectStore` trait, the local-directory store and the S3 store.
+//! - [`catalog`]: SQL on SQLite or PostgreSQL: studies, instances, job queue,
+//!   worklists, readings, targets.
+//! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`preprocess`]: display image → model tensor, as the model card says.
 //! - [`model`]: model card and the ONNX Runtime session thread.
 //! - [`triage`]: per-view scores → priority class and due time.
 //! - [`routing`]: study → diagnosis center.
-//! - [`worker`]: lease → fetch → decode → infer → route → finish.
+//! - [`worker`]: lease → fetch → decode → infer → route → finish; `tamiz worker`.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator).
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
 //! - [`http`]: the HTTP listener: connection bound, header timeout, drain.

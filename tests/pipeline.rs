@@ -384,7 +384,7 @@ institution_names = ["CLINIC B"]
 "#;
     let config_path = t.dir.path().join("worker.toml");
     std::fs::write(&config_path, toml).unwrap();
-    let mut cmd = worker_command(&t, &config_path);
+    let mut cmd = t.worker_command(&config_path);
     cmd.env("TAMIZ_LOG", "info")
         .env("TAMIZ_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::piped())
@@ -443,27 +443,6 @@ institution_names = ["CLINIC B"]
     t.stop().await;
 }
 
-/// `tamiz worker --config CONFIG` joined to the catalog and store of `t`'s server.
-fn worker_command(t: &TestServer, config: &Path) -> Command {
-    let cfg = &t.server.config;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tamiz"));
-    cmd.args(["worker", "--config"])
-        .arg(config)
-        .current_dir(t.dir.path())
-        .env("TAMIZ_DATA_DIR", &cfg.server.data_dir);
-    if let Some(url) = &cfg.catalog.url {
-        cmd.env("TAMIZ_DATABASE_URL", url);
-    }
-    if let Some(salt) = &cfg.catalog.salt_file {
-        cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
-    }
-    if let Some(bucket) = &cfg.storage.s3_bucket {
-        cmd.env("TAMIZ_S3_BUCKET", bucket)
-            .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
-    }
-    cmd
-}
-
 /// An API node and three `tamiz worker` processes, workers killed with SIGKILL again
 /// and again and restarted while a dozen studies are triaged: at the end every study
 /// is on exactly one worklist, none lost or duplicated, every instance in the store.
@@ -483,7 +462,7 @@ async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
         assert_eq!(t.stow("/dicomweb/studies", &parts, None).await.0, 200);
     }
     let spawn = || {
-        worker_command(&t, &config_path)
+        t.worker_command(&config_path)
             .env("TAMIZ_LOG", "error")
             .stdout(std::process::Stdio::null())
             .spawn()

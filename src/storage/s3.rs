@@ -67,6 +67,15 @@ fn remote<E: ProvideErrorMetadata + std::error::Error + 'static>(
     }
 }
 
+/// A response body read whole.
+async fn collect(key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
+    let body = body.collect().await.map_err(|e| StoreError::Io {
+        key: key.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(body.into_bytes())
+}
+
 impl S3Store {
     /// Connects to `bucket` with the AWS SDK's standard configuration and checks that
     /// the bucket exists and the credentials may use it: a wrong name or key is an
@@ -274,11 +283,7 @@ impl ObjectStore for S3Store {
                 }
                 Err(e) => return Err(remote("GetObject", key, e)),
             };
-            let body = out.body.collect().await.map_err(|e| StoreError::Io {
-                key: key.to_owned(),
-                source: std::io::Error::other(e),
-            })?;
-            Ok(body.into_bytes())
+            collect(key, out.body).await
         }
         .boxed()
     }
@@ -330,11 +335,7 @@ impl ObjectStore for S3Store {
                 Err(e) if status(&e) == Some(416) => return Ok(Bytes::new()),
                 Err(e) => return Err(remote("GetObject", key, e)),
             };
-            let body = out.body.collect().await.map_err(|e| StoreError::Io {
-                key: key.to_owned(),
-                source: std::io::Error::other(e),
-            })?;
-            Ok(body.into_bytes())
+            collect(key, out.body).await
         }
         .boxed()
     }

@@ -208,6 +208,28 @@ impl TestServer {
             .unwrap_or_default()
     }
 
+    /// `tamiz worker --config CONFIG`, joined to this server's catalog and store (the
+    /// environment overrides a process on another machine would be given).
+    pub fn worker_command(&self, config: &Path) -> std::process::Command {
+        let cfg = &self.server.config;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tamiz"));
+        cmd.args(["worker", "--config"])
+            .arg(config)
+            .current_dir(self.dir.path())
+            .env("TAMIZ_DATA_DIR", &cfg.server.data_dir);
+        if let Some(url) = &cfg.catalog.url {
+            cmd.env("TAMIZ_DATABASE_URL", url);
+        }
+        if let Some(salt) = &cfg.catalog.salt_file {
+            cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
+        }
+        if let Some(bucket) = &cfg.storage.s3_bucket {
+            cmd.env("TAMIZ_S3_BUCKET", bucket)
+                .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
+        }
+        cmd
+    }
+
     pub fn addr(&self) -> String {
         self.server.addr.to_string()
     }
