@@ -40,6 +40,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub triage: TriageConfig,
     pub reading: ReadingConfig,
+    pub inbox: InboxConfig,
     /// Where studies from an imaging center that is not configured are read.
     pub default_diagnosis_center: String,
     pub diagnosis_centers: Vec<DiagnosisCenter>,
@@ -196,6 +197,33 @@ impl Default for ReadingConfig {
     }
 }
 
+/// The bucket inbox (`inbox/{center}/` in the object store), scanned by every
+/// `tamiz serve` node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    pub enabled: bool,
+    /// How often the inbox is listed; a file is taken once two listings in a row saw
+    /// it with the same size.
+    pub scan_interval_secs: u64,
+    /// Files handled at once by one node.
+    pub concurrency: usize,
+    /// A node's claim on a file it handles; a node that dies leaves the file to others
+    /// after this long.
+    pub claim_secs: u64,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            enabled: true,
+            scan_interval_secs: 10,
+            concurrency: 4,
+            claim_secs: 600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiagnosisCenter {
@@ -239,6 +267,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             triage: TriageConfig::default(),
             reading: ReadingConfig::default(),
+            inbox: InboxConfig::default(),
             default_diagnosis_center: "central".into(),
             diagnosis_centers: vec![DiagnosisCenter {
                 id: "central".into(),

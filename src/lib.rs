@@ -36,6 +36,7 @@ pub mod demo;
 pub mod dicom;
 pub mod evaluate;
 pub mod http;
+pub mod inbox;
 pub mod ingest;
 pub mod metrics;
 pub mod model;

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub ingest_instances: Family<OutcomeLabel, Counter>,
     /// Bytes of instances newly stored.
     pub ingest_bytes: Counter,
+    /// Files of the bucket inbox handled by this process, by outcome: stored,
+    /// already_stored, rejected, left, retry, skipped.
+    pub inbox_files: Family<OutcomeLabel, Counter>,
     /// Job attempts by how they ended: done, dead, retry, lease_lost.
     pub job_attempts: Family<OutcomeLabel, Counter>,
     /// Seconds per worker stage: fetch (a study's views), decode and preprocess (a
@@ -73,6 +76,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "ingest_stored_bytes",
         "Bytes of instances newly stored",
         ingest_bytes.clone(),
+    );
+    let inbox_files = Family::default();
+    registry.register(
+        "inbox_files",
+        "Files of the bucket inbox handled by this process, by outcome",
+        inbox_files.clone(),
     );
     let job_attempts = Family::default();
     registry.register(
@@ -104,6 +113,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         registry,
         ingest_instances,
         ingest_bytes,
+        inbox_files,
         job_attempts,
         stage_seconds,
         jobs,
@@ -120,6 +130,12 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     pub fn count_ingest(&self, outcome: &'static str) {
         self.ingest_instances
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn count_inbox(&self, outcome: &'static str) {
+        self.inbox_files
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

@@ -1,5 +1,6 @@
-//! `tamiz serve`: the API, ingest, the completeness sweeper and the in-process workers
-//! in one process, on the embedded catalog and object store.
+//! `tamiz serve`: the API, ingest, the bucket inbox scanner, the completeness sweeper
+//! and the in-process workers in one process, on the configured catalog and object
+//! store.
 //!
 //! [`start`] takes a bound listener, so tests and the demo run a real server on port 0;
 //! [`RunningServer::stop`] drains: the HTTP server stops accepting, workers finish the
@@ -108,6 +109,12 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         model_version,
         spool,
     };
+    if config.inbox.enabled {
+        tasks.push(tokio::spawn(crate::inbox::run(
+            ingest.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let app = router(AppState {
         ingest,
         catalog: catalog.clone(),

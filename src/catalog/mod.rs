@@ -110,6 +110,7 @@ macro_rules! insert_item {
     }};
 }
 
+mod inbox;
 mod jobs;
 mod worklist;
 

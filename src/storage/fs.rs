@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{check_key, ObjectReader, ObjectStore, PutOutcome, StoreError};
+use super::{check_key, Listed, ObjectReader, ObjectStore, PutOutcome, StoreError};
 use crate::spool::RunDir;
 
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ impl ObjectStore for FsStore {
         .boxed()
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    fn list_sized<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
         async move {
@@ -227,9 +227,10 @@ impl ObjectStore for FsStore {
     }
 }
 
-/// Keys of the files under `root` that start with `prefix` (the temp folder and
-/// other dot-names are not objects).
-fn list_under(root: &Path, prefix: &str) -> Result<Vec<String>, StoreError> {
+/// The files under `root` whose keys start with `prefix` (the temp folder and other
+/// dot-names are not objects: a tool that writes `.name.tmp` and renames it, as rsync
+/// does, is never seen half-written).
+fn list_under(root: &Path, prefix: &str) -> Result<Vec<Listed>, StoreError> {
     let mut keys = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -253,12 +254,13 @@ fn list_under(root: &Path, prefix: &str) -> Result<Vec<String>, StoreError> {
             } else if let Ok(rel) = path.strip_prefix(root) {
                 let key = rel.to_string_lossy().into_owned();
                 if key.starts_with(prefix) {
-                    keys.push(key);
+                    let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    keys.push(Listed { key, size });
                 }
             }
         }
     }
-    keys.sort();
+    keys.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(keys)
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 pub use fs::FsStore;
 pub use s3::S3Store;
@@ -77,15 +78,35 @@ pub trait ObjectStore: Send + Sync + 'static {
         offset: u64,
         len: u64,
     ) -> BoxFuture<'a, Result<Bytes, StoreError>>;
-    /// Every key under `prefix`, sorted (what a consistency check compares with the
-    /// catalog to find orphans).
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    /// Every object under `prefix` with its size, sorted by key (what a consistency
+    /// check compares with the catalog to find orphans, and what the bucket inbox
+    /// watches).
+    fn list_sized<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>>;
+    /// Every key under `prefix`, sorted.
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            Ok(self
+                .list_sized(prefix)
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect())
+        }
+        .boxed()
+    }
     fn exists<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Removes the object under `key`; removing an absent key is not an error. Only
     /// for objects that nothing references (the loser of an upload race).
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Whether the store can be reached (for `/readyz`).
     fn check(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// One object found by [`ObjectStore::list_sized`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
 }
 
 /// An object's bytes, read as a stream.
@@ -114,18 +135,47 @@ pub async fn sha256(store: &dyn ObjectStore, key: &str) -> Result<String, StoreE
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Characters other than ASCII letters and digits allowed in a key.
+const KEY_PUNCTUATION: &[u8] = b"._-/ +()=,@~";
+
+/// `name` with every character a key may not hold replaced by `_` (for naming, in a
+/// reason object, a file whose own name cannot be a key).
+pub fn sanitize_key_part(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_alphanumeric()
+                || (c.is_ascii() && KEY_PUNCTUATION.contains(&(c as u8)) && c != '/')
+            {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s == "." || s == ".." {
+        "_".into()
+    } else {
+        s
+    }
+}
+
 /// The key of an instance. Callers pass UIDs that passed [`crate::dicom::is_valid_uid`].
 pub fn instance_key(study: &str, series: &str, sop: &str) -> String {
     format!("studies/{study}/{series}/{sop}.dcm")
 }
 
-/// Keys are relative paths of safe characters with no `.` or `..` component.
+/// Keys are relative paths of safe characters with no `.` or `..` component. Besides
+/// the characters of UIDs, the ones people put in file names that mean nothing to a
+/// shell path or an S3 URL once encoded (space, `+ ( ) = , @ ~`) are allowed, so that
+/// files dropped in the bucket inbox under ordinary names can be read.
 pub fn check_key(key: &str) -> Result<(), StoreError> {
     let ok = !key.is_empty()
         && key.len() <= 512
         && key
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || KEY_PUNCTUATION.contains(&b))
         && key
             .split('/')
             .all(|c| !c.is_empty() && c != "." && c != "..");
@@ -143,7 +193,10 @@ mod tests {
     #[test]
     fn keys() {
         assert!(check_key(&instance_key("1.2", "1.3", "1.4")).is_ok());
-        for bad in ["", "/abs", "a/../b", "a//b", "a/./b", "a b", "a\\b", ".."] {
+        assert!(check_key("inbox/clinic-a/IMG 0001 (2).dcm").is_ok());
+        for bad in [
+            "", "/abs", "a/../b", "a//b", "a/./b", "a\tb", "a\\b", "..", "a/ñ",
+        ] {
             assert!(check_key(bad).is_err(), "{bad}");
         }
     }

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{check_key, ObjectReader, ObjectStore, PutOutcome, StoreError};
+use super::{check_key, Listed, ObjectReader, ObjectStore, PutOutcome, StoreError};
 
 /// Objects at least this large go up as a multipart upload, in parts of
 /// [`PART_BYTES`] (a 256 MiB instance is 16 parts, each retried on its own).
@@ -359,7 +359,7 @@ impl ObjectStore for S3Store {
         .boxed()
     }
 
-    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+    fn list_sized<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<Listed>, StoreError>> {
         async move {
             let full = format!("{}{prefix}", self.prefix);
             let mut keys = Vec::new();
@@ -374,11 +374,14 @@ impl ObjectStore for S3Store {
                 let page = page.map_err(|e| remote("ListObjectsV2", prefix, e))?;
                 for o in page.contents() {
                     if let Some(k) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) {
-                        keys.push(k.to_owned());
+                        keys.push(Listed {
+                            key: k.to_owned(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                        });
                     }
                 }
             }
-            keys.sort();
+            keys.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(keys)
         }
         .boxed()
