@@ -1,6 +1,7 @@
 //! The worker path end to end: compressed transfer syntaxes decode to the same model
 //! input, a study whose pixels cannot be decoded goes out untriaged, a worker that
-//! dies mid-job neither loses nor duplicates the study, real CBIS-DDSM mammograms
+//! dies mid-job neither loses nor duplicates the study (nor does an API node killed
+//! mid-upload, with the upload run again), real CBIS-DDSM mammograms
 //! are triaged, and real clients (`tamiz upload`, dicomweb-client) upload.
 
 mod common;
@@ -443,34 +444,171 @@ institution_names = ["CLINIC B"]
     t.stop().await;
 }
 
-/// An API node and three `tamiz worker` processes, workers killed with SIGKILL again
-/// and again and restarted while a dozen studies are triaged: at the end every study
-/// is on exactly one worklist, none lost or duplicated, every instance in the store.
-#[tokio::test]
-async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
-    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
-    let config_path = t.dir.path().join("worker.toml");
-    std::fs::write(
-        &config_path,
-        "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 50\n\
-         heartbeat_secs = 1\nlease_secs = 2\n",
-    )
-    .unwrap();
-    let plans: Vec<_> = (0..12).map(|i| plan(400 + i, i % 3 == 0)).collect();
-    for p in &plans {
-        let parts = study_parts(&t.dir.path().join("in"), p);
-        assert_eq!(t.stow("/dicomweb/studies", &parts, None).await.0, 200);
+/// The configuration of the API node and worker processes of the crash test (the
+/// test server's centers; catalog and store come from the environment).
+const NODE_TOML: &str = r#"default_diagnosis_center = "central"
+[model]
+intra_threads = 1
+[worker]
+concurrency = 1
+poll_interval_ms = 50
+heartbeat_secs = 1
+lease_secs = 2
+[[diagnosis_centers]]
+id = "central"
+name = "Central"
+[[diagnosis_centers]]
+id = "north"
+name = "North"
+[[imaging_centers]]
+id = "clinic-a"
+name = "Clinic A"
+home = "north"
+[[imaging_centers]]
+id = "clinic-b"
+name = "Clinic B"
+home = "central"
+institution_names = ["CLINIC B"]
+"#;
+
+/// Starts `tamiz serve --no-workers` on `port` and waits until it answers.
+async fn start_api_node(t: &TestServer, config: &Path, port: u16) -> std::process::Child {
+    let child = t
+        .node_command(&["serve", "--no-workers"], config)
+        .env("TAMIZ_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("TAMIZ_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start tamiz serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(r) = t
+            .http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return child;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "API node did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let spawn = || {
-        t.worker_command(&config_path)
-            .env("TAMIZ_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start tamiz worker")
+}
+
+/// `tamiz upload` of `dir` to the API node on `port`, as a child process.
+fn start_upload(dir: &Path, port: u16) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tamiz"))
+        .args(["upload", "--url", &format!("http://127.0.0.1:{port}")])
+        .arg(dir)
+        .env("TAMIZ_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tamiz upload")
+}
+
+/// Waits (bounded) for a child to exit.
+async fn wait_exit(
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} did not exit");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// An API node and three `tamiz worker` processes, all separate processes sharing the
+/// catalog and the store (PostgreSQL + S3 on the scaled stack). Two dozen studies are
+/// uploaded with `tamiz upload`; the API node is SIGKILLed in the middle of the upload
+/// and restarted, and the upload is run again; workers are SIGKILLed again and again
+/// and restarted. At the end every study is on exactly one worklist, with one job, and
+/// every instance is catalogued once and kept in the store.
+#[tokio::test]
+async fn api_node_and_workers_killed_again_and_again_lose_and_duplicate_nothing() {
+    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
+    let config_path = t.dir.path().join("node.toml");
+    std::fs::write(&config_path, NODE_TOML).unwrap();
+    let plans: Vec<_> = (0..24).map(|i| plan(400 + i, i % 3 == 0)).collect();
+    let studies = t.dir.path().join("studies");
+    for p in &plans {
+        tamiz::synth::write_study(p, &studies).expect("write study");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut api = start_api_node(&t, &config_path, port).await;
+
+    // Three workers; every 700 ms one is SIGKILLed and a new one started in its place,
+    // from the first upload until every study is on a worklist.
+    let spawn_worker = {
+        let mut cmd = t.worker_command(&config_path);
+        cmd.env("TAMIZ_LOG", "error")
+            .stdout(std::process::Stdio::null());
+        move || cmd.spawn().expect("start tamiz worker")
     };
-    let mut workers: Vec<std::process::Child> = (0..3).map(|_| spawn()).collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    let mut kills = 0;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let killer = tokio::spawn(async move {
+        let mut spawn_worker = spawn_worker;
+        let mut workers: Vec<std::process::Child> = (0..3).map(|_| spawn_worker()).collect();
+        let mut kills = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(700)) => {}
+                _ = stop_rx.wait_for(|s| *s) => break,
+            }
+            let victim = kills % workers.len();
+            workers[victim].kill().unwrap(); // SIGKILL
+            workers[victim].wait().unwrap();
+            workers[victim] = spawn_worker();
+            kills += 1;
+        }
+        for w in &mut workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        kills
+    });
+
+    // The API node dies in the middle of the upload.
+    let mut first = start_upload(&studies, port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while t.server.catalog.counts().await.unwrap().instances < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upload made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    api.kill().unwrap(); // SIGKILL
+    api.wait().unwrap();
+    let stored_when_killed = t.server.catalog.counts().await.unwrap().instances;
+    assert!(
+        stored_when_killed < 96,
+        "the API node was killed before the upload ended"
+    );
+    // Restarted; the interrupted upload retries (or gives up), then is run again.
+    let mut api = start_api_node(&t, &config_path, port).await;
+    wait_exit(&mut first, 180, "the interrupted upload").await;
+    let mut second = start_upload(&studies, port);
+    let exit = wait_exit(&mut second, 180, "the second upload").await;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(exit.success(), "{exit}: {out}");
+    assert!(out.contains("96 file(s): 96 stored, 0 failed"), "{out}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
         let counts = t.server.catalog.counts().await.unwrap();
         if counts.worklist_items as usize == plans.len() {
@@ -478,20 +616,14 @@ async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not all studies reached a worklist"
+            "not all studies reached a worklist: {counts:?}"
         );
-        // Kill one worker every 700 ms and start a new one in its place.
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        let victim = kills % workers.len();
-        workers[victim].kill().unwrap(); // SIGKILL
-        workers[victim].wait().unwrap();
-        workers[victim] = spawn();
-        kills += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    stop_tx.send(true).unwrap();
+    let kills = killer.await.unwrap();
+    let _ = api.kill();
+    let _ = api.wait();
     assert!(
         kills >= 3,
         "workers were killed {kills} times while triaging"
@@ -503,6 +635,8 @@ async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
         "exactly one item per study"
     );
     assert_eq!(counts.jobs as usize, plans.len(), "one job per study");
+    assert_eq!(counts.studies as usize, plans.len());
+    assert_eq!(counts.instances as usize, plans.len() * 4);
     for p in &plans {
         let s = t
             .server
@@ -512,11 +646,12 @@ async fn workers_killed_again_and_again_lose_and_duplicate_nothing() {
             .unwrap()
             .unwrap();
         assert!(s.worklist.is_some(), "{} is on a worklist", p.study_uid);
+        assert_eq!(s.instances, 4, "{}", p.study_uid);
     }
     assert_eq!(
         t.stored_objects().await.len(),
         plans.len() * 4,
-        "every instance kept"
+        "every instance kept, none twice"
     );
     t.stop().await;
 }

@@ -211,9 +211,17 @@ impl TestServer {
     /// `tamiz worker --config CONFIG`, joined to this server's catalog and store (the
     /// environment overrides a process on another machine would be given).
     pub fn worker_command(&self, config: &Path) -> std::process::Command {
+        self.node_command(&["worker"], config)
+    }
+
+    /// `tamiz ARGS --config CONFIG` (a `worker`, or a `serve --no-workers` API node)
+    /// joined to this server's catalog and store through the environment overrides a
+    /// process on another machine would be given.
+    pub fn node_command(&self, args: &[&str], config: &Path) -> std::process::Command {
         let cfg = &self.server.config;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tamiz"));
-        cmd.args(["worker", "--config"])
+        cmd.args(args)
+            .arg("--config")
             .arg(config)
             .current_dir(self.dir.path())
             .env("TAMIZ_DATA_DIR", &cfg.server.data_dir);
