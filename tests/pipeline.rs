@@ -473,7 +473,7 @@ institution_names = ["CLINIC B"]
 
 /// Starts `tamiz serve --no-workers` on `port` and waits until it answers.
 async fn start_api_node(t: &TestServer, config: &Path, port: u16) -> std::process::Child {
-    let child = t
+    let mut child = t
         .node_command(&["serve", "--no-workers"], config)
         .env("TAMIZ_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("TAMIZ_LOG", "error")
