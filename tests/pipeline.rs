@@ -471,7 +471,9 @@ home = "central"
 institution_names = ["CLINIC B"]
 "#;
 
-/// Starts `tamiz serve --no-workers` on `port` and waits until it answers.
+/// Starts `tamiz serve --no-workers` on `port` and waits until it answers. The caller
+/// owns the child (and kills and reaps it).
+#[allow(clippy::zombie_processes)]
 async fn start_api_node(t: &TestServer, config: &Path, port: u16) -> std::process::Child {
     let mut child = t
         .node_command(&["serve", "--no-workers"], config)
