@@ -178,3 +178,101 @@ impl Catalog {
         Ok(())
     }
 }
+
+impl Catalog {
+    /// Benchmarks only: fills the catalog with `studies` synthetic studies of one
+    /// pseudonymous patient, as a year or more of a program leaves it: every study
+    /// with its job and its worklist item at diagnosis center `center`; all read and
+    /// done except the newest `open_items` items (queued) and the newest `queued_jobs`
+    /// jobs (queued, of `model_version`). One statement per table, so a million studies
+    /// load in seconds. Study UIDs are `2.25.{n}`.
+    #[doc(hidden)]
+    pub async fn bulk_load_history(
+        &self,
+        studies: i64,
+        open_items: i64,
+        queued_jobs: i64,
+        model_version: &str,
+        center: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        // One row per n in 1..=studies: a series function on PostgreSQL, a recursive
+        // CTE on SQLite.
+        let series = |pg: bool, insert: &str, select: &str| {
+            if pg {
+                format!("{insert} {select} FROM generate_series(1, $1::BIGINT) AS g(x)")
+            } else {
+                format!(
+                    "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < $1) \
+                     {insert} {select} FROM g"
+                )
+            }
+        };
+        on_db!(&self.db, pool, pg => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO patients (pseudo_key) VALUES ('bench') ON CONFLICT (pseudo_key) DO NOTHING",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let patient: i64 = sqlx::query_scalar("SELECT id FROM patients WHERE pseudo_key = 'bench'")
+                .fetch_one(&mut *tx)
+                .await?;
+            // Study n arrived (studies - n) seconds before now.
+            sqlx::query(&series(
+                pg,
+                "INSERT INTO studies (study_uid, patient_id, imaging_center, state, first_received_ms,
+                     last_received_ms, ready_ms, ready_reason)",
+                "SELECT '2.25.' || x, $2, NULL, CASE WHEN x > $1 - $3 THEN 'worklisted' ELSE 'read' END,
+                     $4 - ($1 - x) * 1000, $4 - ($1 - x) * 1000, $4 - ($1 - x) * 1000, 'bench'",
+            ))
+            .bind(studies)
+            .bind(patient)
+            .bind(open_items)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&series(
+                pg,
+                "INSERT INTO jobs (study_uid, model_version, state, attempts, run_after_ms, created_ms, finished_ms)",
+                "SELECT '2.25.' || x, $2, CASE WHEN x > $1 - $3 THEN 'queued' ELSE 'done' END,
+                     CASE WHEN x > $1 - $3 THEN 0 ELSE 1 END, $4 - ($1 - x) * 1000, $4 - ($1 - x) * 1000,
+                     CASE WHEN x > $1 - $3 THEN NULL ELSE $4 - ($1 - x) * 1000 END",
+            ))
+            .bind(studies)
+            .bind(model_version)
+            .bind(queued_jobs)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            // Priorities cycle urgent, routine, routine, low; due 2 to 7 days on.
+            sqlx::query(&series(
+                pg,
+                "INSERT INTO worklist_items (study_uid, center_id, priority, priority_rank, triaged, score,
+                     model_version, due_ms, reason, state, claimed_by, claimed_ms, created_ms)",
+                "SELECT '2.25.' || x, $2,
+                     CASE x % 4 WHEN 0 THEN 'urgent' WHEN 3 THEN 'low' ELSE 'routine' END,
+                     CASE x % 4 WHEN 0 THEN 0 WHEN 3 THEN 3 ELSE 1 END, TRUE, 0.5, $5,
+                     $4 - ($1 - x) * 1000 + CASE x % 4 WHEN 0 THEN 172800000 ELSE 604800000 END,
+                     'bench', CASE WHEN x > $1 - $3 THEN 'queued' ELSE 'read' END,
+                     CASE WHEN x > $1 - $3 THEN NULL ELSE 'bench' END,
+                     CASE WHEN x > $1 - $3 THEN NULL ELSE $4 - ($1 - x) * 1000 END,
+                     $4 - ($1 - x) * 1000",
+            ))
+            .bind(studies)
+            .bind(center)
+            .bind(open_items)
+            .bind(now_ms)
+            .bind(model_version)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            // What autovacuum does after a load this size on PostgreSQL (SQLite keeps
+            // no statistics unless asked, and tamiz does not ask).
+            if pg {
+                sqlx::query("ANALYZE").execute(pool).await?;
+            }
+        });
+        Ok(())
+    }
+}

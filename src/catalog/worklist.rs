@@ -112,22 +112,30 @@ macro_rules! claimable {
         "center_id = $3 AND (state = 'queued' OR (state = 'claimed' AND claimed_ms < $4))"
     };
 }
-const CLAIM_SQL: &str = concat!(
-    "UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
-     WHERE id = (SELECT id FROM worklist_items WHERE ",
-    claimable!(),
-    " ORDER BY priority_rank, due_ms, id LIMIT 1) AND ",
-    claimable!(),
-    " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by"
-);
-const CLAIM_SQL_PG: &str = concat!(
-    "UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
-     WHERE id = (SELECT id FROM worklist_items WHERE ",
-    claimable!(),
-    " ORDER BY priority_rank, due_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND ",
-    claimable!(),
-    " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by"
-);
+/// The pick is the first of two candidates, each the head of one state's stretch of
+/// the `worklist_order` index (center, state, priority, due, id), so it reads a row
+/// or two whatever the size of the table; one `state IN (...)`/`OR` scan would read
+/// and sort every item of the center (23 ms at 100,000 studies on SQLite).
+macro_rules! claim_candidates {
+    ($lock:literal) => {
+        concat!(
+            "WITH queued AS (SELECT id, priority_rank, due_ms FROM worklist_items
+                 WHERE center_id = $3 AND state = 'queued'
+                 ORDER BY priority_rank, due_ms, id LIMIT 1 ", $lock, "),
+             abandoned AS (SELECT id, priority_rank, due_ms FROM worklist_items
+                 WHERE center_id = $3 AND state = 'claimed' AND claimed_ms < $4
+                 ORDER BY priority_rank, due_ms, id LIMIT 1 ", $lock, "),
+             pick AS (SELECT id FROM (SELECT * FROM queued UNION ALL SELECT * FROM abandoned) AS c
+                 ORDER BY priority_rank, due_ms, id LIMIT 1)
+             UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
+             WHERE id = (SELECT id FROM pick) AND ",
+            claimable!(),
+            " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by"
+        )
+    };
+}
+const CLAIM_SQL: &str = claim_candidates!("");
+const CLAIM_SQL_PG: &str = claim_candidates!("FOR UPDATE SKIP LOCKED");
 
 /// Per diagnosis center: queued, claimed, read, overdue (open past due at `$1`).
 const CENTER_SUMMARY_SQL: &str = "SELECT c.id, c.name,
