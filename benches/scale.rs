@@ -1,7 +1,9 @@
 //! Studies per minute with 1, 2 and 4 `tamiz worker` processes on PostgreSQL + S3:
 //! an API-only node takes a batch of synthetic four-view studies, then N worker
 //! processes triage them; the table gives the rate, the speed-up over one worker and
-//! the duplicates (worklist items beyond one per study). Asserts nothing about time.
+//! the duplicates (worklist items beyond one per study). Then an API node's memory as
+//! the bucket grows: a `tamiz serve --no-workers` process takes rounds of uploads and
+//! its resident memory is read after each. Asserts nothing about time or memory.
 //!
 //! `scripts/bench-scale.sh` starts the private PostgreSQL and S3 server and runs it
 //! (`cargo bench --bench scale` needs `TAMIZ_TEST_POSTGRES` and the S3 variables that
@@ -45,11 +47,89 @@ fn main() -> anyhow::Result<()> {
             rate / base_rate
         );
     }
+    rt.block_on(api_node_memory())?;
     Ok(())
 }
 
-/// Uploads `studies` to a fresh API-only node, then times `n` worker processes (one
-/// slot each) until every study is on a worklist.
+/// Resident and peak memory (kB) of process `pid`, from `/proc`.
+fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// An API node process on PostgreSQL + S3 takes six rounds of eight studies; after
+/// each round its resident memory is read, with the objects in the bucket.
+async fn api_node_memory() -> anyhow::Result<()> {
+    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
+    let config = t.dir.path().join("api.toml");
+    std::fs::write(&config, "[worker]\nconcurrency = 0\n")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut api = t
+        .node_command(&["serve", "--no-workers"], &config)
+        .env("TAMIZ_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("TAMIZ_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while t.http.get(format!("{url}/healthz")).send().await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "API node did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "\nAPI node (`tamiz serve --no-workers`, PostgreSQL + S3) memory as the bucket grows\n"
+    );
+    println!("| studies uploaded | objects in bucket | resident (RSS) | peak (HWM) |");
+    println!("|---|---|---|---|");
+    let (rss, hwm) = memory_kb(api.id())?;
+    println!("| 0 | 0 | {} MiB | {} MiB |", rss / 1024, hwm / 1024);
+    let mut uploaded = 0;
+    for round in 0..6u64 {
+        for i in 0..8u64 {
+            let p = plan(20_000 + round * 8 + i, false);
+            let parts = study_parts(&t.dir.path().join("in"), &p);
+            let (ct, body) = common::multipart(&parts);
+            let resp = t
+                .http
+                .post(format!("{url}/dicomweb/studies"))
+                .header("Content-Type", ct)
+                .body(body)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status() == 200, "upload: {}", resp.status());
+            uploaded += 1;
+        }
+        let objects = t.stored_objects().await.len();
+        let (rss, hwm) = memory_kb(api.id())?;
+        println!(
+            "| {uploaded} | {objects} | {} MiB | {} MiB |",
+            rss / 1024,
+            hwm / 1024
+        );
+    }
+    let _ = api.kill();
+    let _ = api.wait();
+    t.stop().await;
+    Ok(())
+}
+
+/// Uploads `studies` to a fresh API-only node, then times `n` worker processes until
+/// every study is on a worklist. Each worker is sized to one core (one slot, one
+/// decode thread, one ONNX Runtime thread), as a pod with `cpu: 1` would be: N workers
+/// on N cores is the question, not how one worker spreads over the machine.
 async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64)> {
     let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
     for i in 0..studies {
@@ -61,7 +141,7 @@ async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64)> {
     let config = t.dir.path().join("worker.toml");
     std::fs::write(
         &config,
-        "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 20\n",
+        "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 20\ndecode_threads = 1\n",
     )?;
     let started = Instant::now();
     let mut workers = Vec::new();

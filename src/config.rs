@@ -171,6 +171,10 @@ pub struct WorkerConfig {
     /// Retry delay is `backoff_base_secs * 2^(attempt-1)`.
     pub backoff_base_secs: u64,
     pub poll_interval_ms: u64,
+    /// Threads one job decodes and preprocesses a study's views on (0: every core).
+    /// A worker sized to one core (a pod with `cpu: 1`) sets 1, with
+    /// `model.intra_threads = 1`.
+    pub decode_threads: usize,
 }
 
 /// Due times per priority class, counted from the study's first received instance.
@@ -328,6 +332,7 @@ impl Default for WorkerConfig {
             max_attempts: 3,
             backoff_base_secs: 5,
             poll_interval_ms: 250,
+            decode_threads: 0,
         }
     }
 }

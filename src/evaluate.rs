@@ -146,8 +146,8 @@ pub fn evaluate(
             .iter()
             .map(|v| Ok((v.clone(), std::fs::read(&v.object_key)?)))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let (names, batch) =
-            prepare_batch(&views_bytes, &spec).map_err(|e| anyhow::anyhow!("study {uid}: {e}"))?;
+        let (names, batch) = prepare_batch(&views_bytes, &spec, crate::parallel::threads())
+            .map_err(|e| anyhow::anyhow!("study {uid}: {e}"))?;
         let t0 = Instant::now();
         let scores = model.infer_blocking(batch, picked.len())?;
         infer_time += t0.elapsed().as_secs_f64();

@@ -318,7 +318,7 @@ async fn a_cancelled_upload_leaves_nothing_behind() {
 #[tokio::test]
 async fn a_failing_object_store_answers_503_retry_later_and_the_resend_succeeds() {
     if common::backends::scaled() {
-        // Failure injection into the directory store; tests/object_store.rs stops a
+        // Failure injection into the directory store; tests/s3_outage.rs stops a
         // real S3 server under a running tamiz for the same answer.
         return;
     }
@@ -336,7 +336,7 @@ async fn a_failing_object_store_answers_503_retry_later_and_the_resend_succeeds(
     assert_eq!(first(failed[0], "00081197"), 0x0110);
     assert_eq!(
         first(failed[0], "00000902"),
-        "temporary server failure (see server log); retry later"
+        "the object store failed or could not be reached (see server log); retry later"
     );
     assert_eq!(first(failed[0], "00081155"), corpus::SOP_UID);
     std::fs::remove_file(&blocker).unwrap();

@@ -374,9 +374,14 @@ fn failed_part(e: IngestError, sop_class: Option<String>, sop: Option<String>) -
         }
         other => {
             tracing::error!(error = %other, "storing an instance failed");
+            let what = match other {
+                IngestError::Store(_) => "the object store failed or could not be reached",
+                IngestError::Catalog(_) => "the catalog database failed or could not be reached",
+                _ => "temporary server failure",
+            };
             (
                 0x0110,
-                "temporary server failure (see server log); retry later".into(),
+                format!("{what} (see server log); retry later"),
                 Failure::Temporary,
             )
         }
