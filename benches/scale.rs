@@ -34,20 +34,24 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!("{studies} synthetic four-view studies per run; this machine has {cores} cores\n");
-    println!("| worker processes | wall | studies/min | speed-up | duplicates |");
-    println!("|---|---|---|---|---|");
+    println!("| worker processes | wall | studies/min | speed-up | duplicates | CPU of the workers | machine busy |");
+    println!("|---|---|---|---|---|---|---|");
     let mut base = None;
     for n in [1usize, 2, 4] {
-        let (wall, dups) = rt.block_on(run(n, studies))?;
+        let (wall, dups, worker_cpu, busy) = rt.block_on(run(n, studies))?;
         let rate = studies as f64 / wall.as_secs_f64() * 60.0;
         let base_rate = *base.get_or_insert(rate);
         println!(
-            "| {n} | {:.1} s | {rate:.1} | {:.2}x | {dups} |",
+            "| {n} | {:.1} s | {rate:.1} | {:.2}x | {dups} | {:.2} cores | {:.0}% of {cores} cores |",
             wall.as_secs_f64(),
-            rate / base_rate
+            rate / base_rate,
+            worker_cpu / wall.as_secs_f64(),
+            busy * 100.0
         );
     }
-    rt.block_on(api_node_memory())?;
+    if std::env::var_os("TAMIZ_BENCH_SKIP_MEMORY").is_none() {
+        rt.block_on(api_node_memory())?;
+    }
     Ok(())
 }
 
@@ -130,7 +134,40 @@ async fn api_node_memory() -> anyhow::Result<()> {
 /// every study is on a worklist. Each worker is sized to one core (one slot, one
 /// decode thread, one ONNX Runtime thread), as a pod with `cpu: 1` would be: N workers
 /// on N cores is the question, not how one worker spreads over the machine.
-async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64)> {
+/// Busy and total CPU time of the machine so far, in ticks (`/proc/stat`).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = cpu.iter().sum();
+    // idle and iowait
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn process_cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name
+    // and state; ticks of 1/100 s.
+    Ok((f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0)
+}
+
+/// Returns the wall time, the duplicates, the CPU seconds the workers used and the
+/// share of the machine's CPU that was busy (workers, API node, PostgreSQL, S3 server).
+async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64, f64, f64)> {
     let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
     for i in 0..studies {
         let p = plan(9000 + i as u64, i % 4 == 0);
@@ -144,6 +181,7 @@ async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64)> {
         "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 20\ndecode_threads = 1\n",
     )?;
     let started = Instant::now();
+    let ticks_before = machine_ticks()?;
     let mut workers = Vec::new();
     for _ in 0..n {
         let mut cmd = t.worker_command(&config);
@@ -160,11 +198,18 @@ async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = started.elapsed();
+    let ticks_after = machine_ticks()?;
+    let mut worker_cpu = 0.0;
+    for w in &workers {
+        worker_cpu += process_cpu_secs(w.id())?;
+    }
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();
     }
+    let busy =
+        (ticks_after.0 - ticks_before.0) as f64 / (ticks_after.1 - ticks_before.1).max(1) as f64;
     let dups = t.server.catalog.counts().await?.worklist_items - studies as i64;
     t.stop().await;
-    Ok((wall, dups))
+    Ok((wall, dups, worker_cpu, busy))
 }

@@ -81,7 +81,12 @@ impl S3Store {
     /// the bucket exists and the credentials may use it: a wrong name or key is an
     /// error at start-up, not at the first upload.
     pub async fn connect(bucket: &str, prefix: &str) -> Result<S3Store, StoreError> {
+        use aws_smithy_http_client::tls;
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
             .load()
             .await;
