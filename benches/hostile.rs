@@ -10,6 +10,8 @@
 
 #[path = "../tests/common/corpus.rs"]
 mod corpus;
+#[path = "../tests/common/procfs.rs"]
+mod procfs;
 
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,21 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corpus::{Case, Send};
+use procfs::memory_kib;
 use tamiz::config::Limits;
-
-/// Reads VmRSS and VmHWM (KiB) of a process.
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 struct Server {
     child: Child,

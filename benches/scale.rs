@@ -55,20 +55,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resident and peak memory (kB) of process `pid`, from `/proc`.
-fn memory_kb(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Ok((field("VmRSS:"), field("VmHWM:")))
-}
-
 /// An API node process on PostgreSQL + S3 takes six rounds of eight studies; after
 /// each round its resident memory is read, with the objects in the bucket.
 async fn api_node_memory() -> anyhow::Result<()> {
@@ -98,7 +84,7 @@ async fn api_node_memory() -> anyhow::Result<()> {
     );
     println!("| studies uploaded | objects in bucket | resident (RSS) | peak (HWM) |");
     println!("|---|---|---|---|");
-    let (rss, hwm) = memory_kb(api.id())?;
+    let (rss, hwm) = common::procfs::memory_kib(api.id());
     println!("| 0 | 0 | {} MiB | {} MiB |", rss / 1024, hwm / 1024);
     let mut uploaded = 0;
     for round in 0..6u64 {
@@ -117,7 +103,7 @@ async fn api_node_memory() -> anyhow::Result<()> {
             uploaded += 1;
         }
         let objects = t.stored_objects().await.len();
-        let (rss, hwm) = memory_kb(api.id())?;
+        let (rss, hwm) = common::procfs::memory_kib(api.id());
         println!(
             "| {uploaded} | {objects} | {} MiB | {} MiB |",
             rss / 1024,

@@ -344,29 +344,17 @@ print(len(result.ReferencedSOPSequence))
     t.stop().await;
 }
 
-/// An API-only node takes the upload; a separate `tamiz worker` process, sharing only
-/// the catalog and the object store (SQLite + directory, or PostgreSQL + S3), triages
-/// it onto the home center's worklist, and stops cleanly on SIGTERM.
-#[tokio::test]
-async fn a_worker_process_triages_what_an_api_only_node_received() {
-    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
-    let p = plan(57, true);
-    let parts = study_parts(&t.dir.path().join("in"), &p);
-    assert_eq!(
-        t.stow("/dicomweb/studies", &parts, Some("clinic-a"))
-            .await
-            .0,
-        200
-    );
-    // No card named: the worker runs the model built into the binary, from a folder
-    // outside the source tree, and it is the same model version as the API node's.
-    let toml = r#"default_diagnosis_center = "central"
+/// The configuration of the API node and worker processes started by these tests
+/// (the test server's centers, no model card; catalog and store come from the
+/// environment).
+const NODE_TOML: &str = r#"default_diagnosis_center = "central"
 [model]
 intra_threads = 1
 [worker]
 concurrency = 1
 poll_interval_ms = 50
 heartbeat_secs = 1
+lease_secs = 2
 [[diagnosis_centers]]
 id = "central"
 name = "Central"
@@ -383,8 +371,25 @@ name = "Clinic B"
 home = "central"
 institution_names = ["CLINIC B"]
 "#;
+
+/// An API-only node takes the upload; a separate `tamiz worker` process, sharing only
+/// the catalog and the object store (SQLite + directory, or PostgreSQL + S3), triages
+/// it onto the home center's worklist, and stops cleanly on SIGTERM.
+#[tokio::test]
+async fn a_worker_process_triages_what_an_api_only_node_received() {
+    let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
+    let p = plan(57, true);
+    let parts = study_parts(&t.dir.path().join("in"), &p);
+    assert_eq!(
+        t.stow("/dicomweb/studies", &parts, Some("clinic-a"))
+            .await
+            .0,
+        200
+    );
+    // No card named: the worker runs the model built into the binary, from a folder
+    // outside the source tree, and it is the same model version as the API node's.
     let config_path = t.dir.path().join("worker.toml");
-    std::fs::write(&config_path, toml).unwrap();
+    std::fs::write(&config_path, NODE_TOML).unwrap();
     let mut cmd = t.worker_command(&config_path);
     cmd.env("TAMIZ_LOG", "info")
         .env("TAMIZ_LOG_FORMAT", "json")
@@ -443,33 +448,6 @@ institution_names = ["CLINIC B"]
     );
     t.stop().await;
 }
-
-/// The configuration of the API node and worker processes of the crash test (the
-/// test server's centers; catalog and store come from the environment).
-const NODE_TOML: &str = r#"default_diagnosis_center = "central"
-[model]
-intra_threads = 1
-[worker]
-concurrency = 1
-poll_interval_ms = 50
-heartbeat_secs = 1
-lease_secs = 2
-[[diagnosis_centers]]
-id = "central"
-name = "Central"
-[[diagnosis_centers]]
-id = "north"
-name = "North"
-[[imaging_centers]]
-id = "clinic-a"
-name = "Clinic A"
-home = "north"
-[[imaging_centers]]
-id = "clinic-b"
-name = "Clinic B"
-home = "central"
-institution_names = ["CLINIC B"]
-"#;
 
 /// Starts `tamiz serve --no-workers` on `port` and waits until it answers. The caller
 /// owns the child (and kills and reaps it).

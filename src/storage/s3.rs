@@ -83,7 +83,9 @@ impl S3Store {
     pub async fn connect(bucket: &str, prefix: &str) -> Result<S3Store, StoreError> {
         use aws_smithy_http_client::tls;
         let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
             .build_https();
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(https)

@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod corpus;
+pub mod procfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
