@@ -4,7 +4,8 @@
 //! Relative paths are resolved against the directory of the file they were read from,
 //! so `tamiz serve --config /etc/tamiz/pipeline.toml` does not depend on the working
 //! directory. `TAMIZ_HTTP_ADDR`, `TAMIZ_DATA_DIR`, `TAMIZ_DATABASE_URL`,
-//! `TAMIZ_PSEUDONYM_SALT_FILE`, `TAMIZ_S3_BUCKET` and `TAMIZ_S3_PREFIX` override the file.
+//! `TAMIZ_PSEUDONYM_SALT_FILE`, `TAMIZ_TOKEN_KEY_FILE`, `TAMIZ_S3_BUCKET` and
+//! `TAMIZ_S3_PREFIX` override the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub struct Config {
     pub triage: TriageConfig,
     pub reading: ReadingConfig,
     pub inbox: InboxConfig,
+    pub auth: AuthConfig,
     /// Where studies from an imaging center that is not configured are read.
     pub default_diagnosis_center: String,
     pub diagnosis_centers: Vec<DiagnosisCenter>,
@@ -201,6 +203,17 @@ impl Default for ReadingConfig {
     }
 }
 
+/// Credentials.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The key API tokens are hashed with (a file of at least 32 hex digits), kept out
+    /// of the database that holds the hashes; overridden by `TAMIZ_TOKEN_KEY_FILE`.
+    /// Unset: `token.key` in `server.data_dir`, created on first use with SQLite; with
+    /// PostgreSQL every node must be given the same file.
+    pub token_key_file: Option<PathBuf>,
+}
+
 /// The bucket inbox (`inbox/{center}/` in the object store), scanned by every
 /// `tamiz serve` node.
 #[derive(Debug, Clone, Deserialize)]
@@ -272,6 +285,7 @@ impl Default for Config {
             triage: TriageConfig::default(),
             reading: ReadingConfig::default(),
             inbox: InboxConfig::default(),
+            auth: AuthConfig::default(),
             default_diagnosis_center: "central".into(),
             diagnosis_centers: vec![DiagnosisCenter {
                 id: "central".into(),
@@ -381,6 +395,7 @@ impl Config {
             .into_iter()
             .chain(self.model.card.as_mut())
             .chain(self.catalog.salt_file.as_mut())
+            .chain(self.auth.token_key_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -400,6 +415,9 @@ impl Config {
         }
         if let Ok(file) = std::env::var("TAMIZ_PSEUDONYM_SALT_FILE") {
             self.catalog.salt_file = Some(file.into());
+        }
+        if let Ok(file) = std::env::var("TAMIZ_TOKEN_KEY_FILE") {
+            self.auth.token_key_file = Some(file.into());
         }
         if let Ok(addr) = std::env::var("TAMIZ_HTTP_ADDR") {
             self.server.http_addr = addr;

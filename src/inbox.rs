@@ -113,6 +113,8 @@ impl InboxScanner {
         );
         let settled: Vec<Listed> = listed
             .into_iter()
+            // S3 consoles make "folders" as empty objects named `inbox/x/`.
+            .filter(|o| !o.key.ends_with('/'))
             .filter(|o| previous.get(&o.key) == Some(&o.size))
             .filter(|o| !self.explained.contains(&(o.key.clone(), o.size)))
             .collect();
@@ -218,10 +220,12 @@ impl InboxScanner {
             Err(_) => return InboxOutcome::Retry,
         };
         let spooled = match self.download(&o.key).await {
+            // Replaced since it was listed: the next scans see the new file settle.
+            Ok(s) if s.len() != o.size => return InboxOutcome::Retry,
             Ok(s) => s,
             Err(DownloadError::Gone) => return InboxOutcome::Skipped,
             Err(DownloadError::Failed(e)) => {
-                tracing::warn!(error = %e, %file, "reading an inbox file failed; retrying at the next scan");
+                tracing::warn!(error = %scrub(&e, name), %file, "reading an inbox file failed; retrying at the next scan");
                 return InboxOutcome::Retry;
             }
         };
@@ -251,13 +255,12 @@ impl InboxScanner {
                         "sop_instance_uid": meta.sop_instance_uid,
                         "handled_at": crate::api::iso_time(crate::now_ms()),
                     });
-                    let key = format!("{DONE_PREFIX}{center}/{name}.json");
-                    if let Err(e) = self.put_json(&key, &receipt).await {
-                        tracing::warn!(error = %e, %file, "writing an inbox receipt failed; retrying at the next scan");
+                    if let Err(e) = self.put_receipt(center, name, &receipt).await {
+                        tracing::warn!(error = %scrub(&e, name), %file, "writing an inbox receipt failed; retrying at the next scan");
                         return InboxOutcome::Retry;
                     }
                     if let Err(e) = self.ingest.store.delete(&o.key).await {
-                        tracing::warn!(error = %e, %file, "removing a handled inbox file failed");
+                        tracing::warn!(error = %scrub(&e, name), %file, "removing a handled inbox file failed");
                         return InboxOutcome::Retry;
                     }
                     tracing::info!(%file, center, "inbox file stored");
@@ -272,7 +275,7 @@ impl InboxScanner {
                         code,
                     },
                     None => {
-                        tracing::warn!(error = %e, %file, "ingesting an inbox file failed on the server's side; retrying at the next scan");
+                        tracing::warn!(error = %scrub(&e, name), %file, "ingesting an inbox file failed on the server's side; retrying at the next scan");
                         return InboxOutcome::Retry;
                     }
                 },
@@ -284,10 +287,37 @@ impl InboxScanner {
                 InboxOutcome::Rejected
             }
             Err(e) => {
-                tracing::warn!(error = %e, %file, "moving a refused inbox file failed; retrying at the next scan");
+                tracing::warn!(error = %scrub(&e, name), %file, "moving a refused inbox file failed; retrying at the next scan");
                 InboxOutcome::Retry
             }
         }
+    }
+
+    /// Writes the receipt `done/{center}/{name}.json`; when an earlier file of the
+    /// same name (scanners reuse names) left one for another instance, this one is
+    /// `{name}~{ms}.json`, so a receipt never names the wrong study.
+    async fn put_receipt(
+        &self,
+        center: &str,
+        name: &str,
+        receipt: &serde_json::Value,
+    ) -> Result<(), String> {
+        let key = format!("{DONE_PREFIX}{center}/{name}.json");
+        if self.put_json(&key, receipt).await? == PutOutcome::Created {
+            return Ok(());
+        }
+        let existing: serde_json::Value = match self.ingest.store.get(&key).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(e) => return Err(e.to_string()),
+        };
+        let same = ["sop_instance_uid", "status"]
+            .iter()
+            .all(|f| existing.get(f) == receipt.get(f));
+        if same {
+            return Ok(());
+        }
+        let key = format!("{DONE_PREFIX}{center}/{name}~{}.json", crate::now_ms());
+        self.put_json(&key, receipt).await.map(|_| ())
     }
 
     /// Streams object `key` into a new spool file, within the spool's bounds.
@@ -374,8 +404,7 @@ impl InboxScanner {
             "rejected_at": crate::api::iso_time(crate::now_ms()),
         });
         self.put_json(&format!("{dest}.reason.json"), &reason)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         store.delete(&o.key).await.map_err(|e| e.to_string())
     }
 
@@ -392,19 +421,19 @@ impl InboxScanner {
             .put_json(&format!("{reason_base}.reason.json"), &body)
             .await
         {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::warn!(file = %short_hash(key), "inbox file left in place (see its reason object under rejected/)");
                 InboxOutcome::Left
             }
             Err(e) => {
-                tracing::warn!(error = %e, file = %short_hash(key), "writing an inbox reason object failed");
+                tracing::warn!(error = %scrub(&e, key), file = %short_hash(key), "writing an inbox reason object failed");
                 InboxOutcome::Retry
             }
         }
     }
 
     /// Writes a small JSON object under `key` unless one is there.
-    async fn put_json(&self, key: &str, value: &serde_json::Value) -> Result<(), String> {
+    async fn put_json(&self, key: &str, value: &serde_json::Value) -> Result<PutOutcome, String> {
         let mut f = self
             .ingest
             .spool
@@ -418,7 +447,6 @@ impl InboxScanner {
             .store
             .put_file_if_absent(key, f.path())
             .await
-            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 }
@@ -433,6 +461,16 @@ enum DownloadError {
     /// Removed since it was listed (another node handled it).
     Gone,
     Failed(String),
+}
+
+/// An error's text with the file's name (which may carry a patient's name) taken out.
+fn scrub(e: &impl std::fmt::Display, name: &str) -> String {
+    let text = e.to_string();
+    if name.is_empty() {
+        text
+    } else {
+        text.replace(name, "<file name>")
+    }
 }
 
 /// A short, stable name for a file in logs (its key may carry a patient's name).

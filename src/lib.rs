@@ -29,6 +29,7 @@
 //! - [`synth`]: synthetic mammograms with known ground truth (demo, tests, training).
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod dataset;

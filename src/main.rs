@@ -51,6 +51,15 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Manage users and their API tokens in the configured catalog (also while the
+    /// server runs).
+    Users {
+        /// Configuration file [default: pipeline.toml, all defaults if it is absent].
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: UsersCommand,
+    },
     /// A screening day end to end on the embedded default, printed as worklists.
     Demo {
         #[arg(long, default_value = "pipeline.toml")]
@@ -96,6 +105,28 @@ enum Command {
         #[arg(long, default_value = "models/triage.toml")]
         card: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user; prints its first API token alone on stdout, once.
+    Add {
+        name: String,
+        /// imaging_center, radiologist, coordinator or admin.
+        #[arg(long)]
+        role: String,
+        /// The imaging center (role imaging_center) or diagnosis center (radiologist).
+        #[arg(long)]
+        center: Option<String>,
+    },
+    /// List users: name, role, center, state, live tokens (never a credential).
+    List,
+    /// Disable a user: its tokens stop working at once.
+    Disable { name: String },
+    /// Print a new API token for a user; its earlier tokens stay until revoked.
+    Token { name: String },
+    /// Revoke every API token of a user.
+    Revoke { name: String },
 }
 
 /// Ctrl-C, or SIGTERM (what service managers send).
@@ -178,6 +209,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Users { config, action } => {
+            // The file must exist: on defaults this would make a new, empty catalog
+            // (and key) in ./tamiz-data and print tokens that work nowhere.
+            let path = config.unwrap_or_else(|| PathBuf::from("pipeline.toml"));
+            let config = Config::load(&path, true)?;
+            rt.block_on(users(config, action))
+        }
         Command::Demo {
             config,
             studies_per_center,
@@ -234,4 +272,51 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `tamiz users ...` against the configured catalog.
+async fn users(config: Config, action: UsersCommand) -> anyhow::Result<()> {
+    use tamiz::catalog::{Catalog, Role};
+    let catalog = Catalog::open(&config)
+        .await
+        .context("opening the catalog")?;
+    let key = || tamiz::auth::TokenKey::load(&config);
+    match action {
+        UsersCommand::Add { name, role, center } => {
+            let role = Role::parse(&role).with_context(|| {
+                format!(
+                    "unknown role `{role}`: use imaging_center, radiologist, coordinator or admin"
+                )
+            })?;
+            let token =
+                tamiz::auth::add_user(&catalog, &key()?, &config, &name, role, center.as_deref())
+                    .await?;
+            println!("{token}");
+        }
+        UsersCommand::List => {
+            for u in catalog.users().await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{} token(s)",
+                    u.name,
+                    u.role.0.as_str(),
+                    u.center_id.as_deref().unwrap_or("-"),
+                    if u.disabled { "disabled" } else { "enabled" },
+                    u.active_tokens
+                );
+            }
+        }
+        UsersCommand::Disable { name } => {
+            catalog.set_user_disabled(&name, true).await?;
+            eprintln!("user {name} disabled");
+        }
+        UsersCommand::Token { name } => {
+            let token = tamiz::auth::issue_token(&catalog, &key()?, &name).await?;
+            println!("{token}");
+        }
+        UsersCommand::Revoke { name } => {
+            let n = catalog.revoke_tokens(&name, tamiz::now_ms()).await?;
+            eprintln!("{n} token(s) of {name} revoked");
+        }
+    }
+    Ok(())
 }

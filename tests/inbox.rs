@@ -45,11 +45,17 @@ async fn wait_inbox(store: &dyn ObjectStore, keys: &[&str]) {
     }
 }
 
+/// The JSON object under `key`, waiting (bounded) for it to be written: the scan that
+/// empties the inbox may still be writing its last reason objects.
 async fn json_object(store: &dyn ObjectStore, key: &str) -> Value {
-    let bytes = store
-        .get(key)
-        .await
-        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bytes = loop {
+        match store.get(key).await {
+            Ok(b) => break b,
+            Err(e) if Instant::now() > deadline => panic!("{key}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{key} is not JSON: {e}"))
 }
 
@@ -100,6 +106,16 @@ async fn inbox_files_are_stored_rejected_or_explained() {
     drop_file(store, &work, "inbox/loose.dcm", &other[1].1).await;
     let huge = vec![0u8; (12 << 20) + 1];
     drop_file(store, &work, "inbox/clinic-b/huge.dcm", &huge).await;
+    // In the directory store, whoever may write the inbox folder could plant a link to
+    // a server file (the pseudonym salt): it is never listed nor read.
+    let salt = ts.server.config.catalog.salt_file.clone().unwrap();
+    if !common::backends::scaled() {
+        std::os::unix::fs::symlink(
+            &salt,
+            ts.dir.path().join("data/objects/inbox/clinic-a/evil.dcm"),
+        )
+        .unwrap();
+    }
 
     // Only the files that cannot be taken stay.
     wait_inbox(store, &["inbox/clinic-b/huge.dcm", "inbox/loose.dcm"]).await;
@@ -172,6 +188,13 @@ async fn inbox_files_are_stored_rejected_or_explained() {
         )
     );
 
+    // The planted link was left alone: nothing of the salt went anywhere.
+    let everything = store.list("").await.unwrap();
+    assert!(
+        !everything.iter().any(|k| k.contains("evil")),
+        "{everything:?}"
+    );
+
     // The same instance dropped again under another name: "already stored", nothing new.
     let before = ts.server.catalog.counts().await.unwrap();
     drop_file(store, &work, "inbox/clinic-a/again.dcm", &views[0].1).await;
@@ -196,6 +219,23 @@ async fn inbox_files_are_stored_rejected_or_explained() {
     );
     let reason = json_object(store, &format!("{renamed}.reason.json")).await;
     assert_eq!(reason["moved_to"].as_str(), Some(renamed.as_str()));
+
+    // Another instance under a name whose receipt exists (scanners reuse names): its
+    // own receipt beside it, the first one untouched.
+    drop_file(store, &work, "inbox/clinic-a/case 1/L CC.dcm", &other[2].1).await;
+    wait_inbox(store, &["inbox/clinic-b/huge.dcm", "inbox/loose.dcm"]).await;
+    let first = json_object(store, "done/clinic-a/case 1/L CC.dcm.json").await;
+    let first_sop = tamiz::dicom::header_uids(&views[0].0).1.unwrap();
+    assert_eq!(first["sop_instance_uid"].as_str(), Some(first_sop.as_str()));
+    let receipts: Vec<String> = store.list("done/clinic-a/case 1/L CC.dcm~").await.unwrap();
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    let second = json_object(store, &receipts[0]).await;
+    let other_sop = tamiz::dicom::header_uids(&other[2].0).1.unwrap();
+    assert_eq!(
+        second["sop_instance_uid"].as_str(),
+        Some(other_sop.as_str())
+    );
+    assert_eq!(second["status"], "stored");
     ts.stop().await;
 }
 

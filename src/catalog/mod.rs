@@ -112,9 +112,11 @@ macro_rules! insert_item {
 
 mod inbox;
 mod jobs;
+mod users;
 mod worklist;
 
 pub use jobs::{Job, JobOutcome};
+pub use users::{Identity, Role, RoleText, User};
 pub use worklist::{
     CenterSummary, ClaimedItem, ImagingCenterProgress, NewItem, OpenItems, ProgramSummary,
     QueueSnapshot, Reading, StudyStatus, WorklistItem,
@@ -605,7 +607,7 @@ async fn load_salt(db: &Db, file: &Path) -> Result<String> {
 }
 
 /// Writes a new file readable by its owner only, durably, failing if it exists.
-fn write_new_secret(file: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn write_new_secret(file: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {

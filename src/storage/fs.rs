@@ -125,8 +125,25 @@ impl ObjectStore for FsStore {
 
     fn reader<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<ObjectReader, StoreError>> {
         async move {
+            use std::os::unix::fs::OpenOptionsExt;
             let path = self.path(key)?;
-            match tokio::fs::File::open(&path).await {
+            // Objects are regular files, never links (files dropped in the inbox
+            // folder are written by others): refuse to follow one.
+            let mut opts = std::fs::OpenOptions::new();
+            opts.read(true).custom_flags(libc::O_NOFOLLOW);
+            let opened = tokio::task::spawn_blocking(move || {
+                let f = opts.open(&path)?;
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                Ok(f)
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                key: key.to_owned(),
+                source: std::io::Error::other(e),
+            })?;
+            match opened.map(tokio::fs::File::from_std) {
                 Ok(f) => Ok(Box::new(f) as ObjectReader),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     Err(StoreError::NotFound(key.to_owned()))
@@ -232,7 +249,12 @@ impl ObjectStore for FsStore {
 /// does, is never seen half-written).
 fn list_under(root: &Path, prefix: &str) -> Result<Vec<Listed>, StoreError> {
     let mut keys = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
+    // Start at the prefix's folder: listing `inbox/` must not walk `studies/`.
+    let start = match prefix.rsplit_once('/') {
+        Some((dir, _)) if check_key(dir).is_ok() => root.join(dir),
+        _ => root.to_path_buf(),
+    };
+    let mut dirs = vec![start];
     while let Some(dir) = dirs.pop() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
@@ -249,8 +271,15 @@ fn list_under(root: &Path, prefix: &str) -> Result<Vec<Listed>, StoreError> {
                 continue;
             }
             let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // Symbolic links are never objects (nor followed): whoever may write a
+            // folder here must not make the store read files outside it.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
                 dirs.push(path);
+            } else if !kind.is_file() {
+                continue;
             } else if let Ok(rel) = path.strip_prefix(root) {
                 let key = rel.to_string_lossy().into_owned();
                 if key.starts_with(prefix) {

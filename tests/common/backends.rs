@@ -71,6 +71,7 @@ pub async fn use_fresh_stack(config: &mut Config, secrets: &Path) {
 /// per call; SQLite's file lives in the data directory) with its salt file in `dir`.
 pub async fn use_fresh_catalog(config: &mut Config, backend: Backend, dir: &Path) {
     config.catalog.salt_file = Some(dir.join("pseudonym.salt"));
+    config.auth.token_key_file = Some(dir.join("token.key"));
     match backend {
         Backend::Sqlite => config.catalog.url = None,
         Backend::Postgres => {
@@ -87,11 +88,11 @@ pub async fn use_fresh_catalog(config: &mut Config, backend: Backend, dir: &Path
             let (base, _) = admin.rsplit_once('/').expect("admin URL ends in /DATABASE");
             config.catalog.url = Some(format!("{base}/{name}"));
             std::fs::create_dir_all(dir).expect("salt dir");
-            std::fs::write(
-                dir.join("pseudonym.salt"),
-                hex::encode(rand::random::<[u8; 32]>()),
-            )
-            .expect("write the salt file");
+            // With PostgreSQL the secrets must exist (every node is given them).
+            for secret in ["pseudonym.salt", "token.key"] {
+                std::fs::write(dir.join(secret), hex::encode(rand::random::<[u8; 32]>()))
+                    .expect("write a secret file");
+            }
         }
     }
 }

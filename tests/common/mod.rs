@@ -232,6 +232,9 @@ impl TestServer {
         if let Some(salt) = &cfg.catalog.salt_file {
             cmd.env("TAMIZ_PSEUDONYM_SALT_FILE", salt);
         }
+        if let Some(key) = &cfg.auth.token_key_file {
+            cmd.env("TAMIZ_TOKEN_KEY_FILE", key);
+        }
         if let Some(bucket) = &cfg.storage.s3_bucket {
             cmd.env("TAMIZ_S3_BUCKET", bucket)
                 .env("TAMIZ_S3_PREFIX", &cfg.storage.s3_prefix);
