@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::ingest::{Accepted, Ingest, IngestError};
+use crate::ingest::{Accepted, Ingest};
 use crate::spool::{SpoolError, SpoolFile};
 use crate::storage::{check_key, sanitize_key_part, Listed, PutOutcome, StoreError};
 
@@ -477,19 +477,6 @@ fn scrub(e: &impl std::fmt::Display, name: &str) -> String {
 fn short_hash(key: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(key.as_bytes())[..6])
-}
-
-impl IngestError {
-    /// The DICOM failure reason for an error that is the sender's (the instance must
-    /// be fixed); `None` for a server-side problem worth retrying.
-    pub fn failure_reason(&self) -> Option<u16> {
-        match self {
-            IngestError::Invalid(inv) => Some(inv.failure_reason()),
-            // PS3.4 Table GG.4-1 / PS3.18: the SOP Instance UID is stored with other content.
-            IngestError::Conflict { .. } => Some(0x0111),
-            _ => None,
-        }
-    }
 }
 
 /// Scans the inbox every `inbox.scan_interval_secs` until shutdown.

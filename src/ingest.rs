@@ -44,6 +44,17 @@ impl IngestError {
         !matches!(self, IngestError::Invalid(_) | IngestError::Conflict { .. })
     }
 
+    /// The DICOM failure reason for an error that is the sender's (the instance must
+    /// be fixed); `None` for a server-side problem worth retrying.
+    pub fn failure_reason(&self) -> Option<u16> {
+        match self {
+            IngestError::Invalid(inv) => Some(inv.failure_reason()),
+            // PS3.4 Table GG.4-1 / PS3.18: the SOP Instance UID is stored with other content.
+            IngestError::Conflict { .. } => Some(0x0111),
+            _ => None,
+        }
+    }
+
     /// The server's disk (or quota) is full.
     pub fn is_disk_full(&self) -> bool {
         match self {

@@ -10,10 +10,13 @@
 //! - [`dicom`]: structural pre-check, metadata extraction and validation; stored
 //!   samples → display values.
 //! - [`ingest`]: one uploaded instance → object store + catalog.
+//! - [`inbox`]: files dropped under `inbox/{center}/` in the bucket → ingest, with
+//!   receipts under `done/` and refusals under `rejected/`.
 //! - [`spool`]: what an upload holds while in flight (admission, temp files, bounds).
 //! - [`storage`]: the `ObjectStore` trait, the local-directory store and the S3 store.
 //! - [`catalog`]: SQL on SQLite or PostgreSQL: studies, instances, job queue,
 //!   worklists, readings, targets.
+//! - [`auth`]: API tokens (keyed hashes) and the checks on new users.
 //! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`preprocess`]: display image → model tensor, as the model card says.
 //! - [`model`]: model card and the ONNX Runtime session thread.
