@@ -67,7 +67,7 @@ async fn run(backend: Backend, studies: i64) -> anyhow::Result<()> {
         let now = catalog_now(&catalog).await?;
         let t = Instant::now();
         let item = catalog
-            .claim_next(CENTER, &format!("r{i}"), now, now - 3_600_000)
+            .claim_next(CENTER, &format!("r{i}"), now, now - 3_600_000, None)
             .await?;
         claim.push(t.elapsed());
         anyhow::ensure!(item.is_some(), "an open item to claim");
@@ -92,7 +92,7 @@ async fn run(backend: Backend, studies: i64) -> anyhow::Result<()> {
                             .is_some()
                     } else {
                         catalog
-                            .claim_next(CENTER, &who, now, now - 3_600_000)
+                            .claim_next(CENTER, &who, now, now - 3_600_000, None)
                             .await?
                             .is_some()
                     };

@@ -25,6 +25,8 @@ use tamiz::config::Limits;
 struct Server {
     child: Child,
     url: String,
+    /// An admin's API token (the corpus is sent as an admin gateway would).
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +51,16 @@ fn start_server() -> anyhow::Result<Server> {
             dir.path().join("data").display()
         ),
     )?;
+    let added = Command::new(env!("CARGO_BIN_EXE_tamiz"))
+        .args(["users", "add", "bench-admin", "--role", "admin", "--config"])
+        .arg(&config)
+        .output()?;
+    anyhow::ensure!(
+        added.status.success(),
+        "tamiz users add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let token = String::from_utf8(added.stdout)?.trim().to_owned();
     let child = Command::new(env!("CARGO_BIN_EXE_tamiz"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -58,6 +70,7 @@ fn start_server() -> anyhow::Result<Server> {
     Ok(Server {
         child,
         url: format!("http://127.0.0.1:{port}"),
+        token,
         _dir: dir,
     })
 }
@@ -69,7 +82,7 @@ struct Probe {
     healthz_ms: Vec<f64>,
 }
 
-async fn send(http: &reqwest::Client, url: &str, case: &Case) -> Option<u16> {
+async fn send(http: &reqwest::Client, url: &str, token: &str, case: &Case) -> Option<u16> {
     let (path, ct, body) = match &case.send {
         Send::Instance(b) => (
             "/dicomweb/studies".to_string(),
@@ -94,7 +107,10 @@ async fn send(http: &reqwest::Client, url: &str, case: &Case) -> Option<u16> {
             ..
         } => (path.clone(), content_type.clone(), body.clone()),
     };
-    let mut req = http.post(format!("{url}{path}")).body(body);
+    let mut req = http
+        .post(format!("{url}{path}"))
+        .header("Authorization", format!("Bearer {token}"))
+        .body(body);
     if let Some(ct) = ct {
         req = req.header("Content-Type", ct);
     }
@@ -277,7 +293,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(async {
                 let mut out = Vec::new();
                 for c in &cases {
-                    out.push(send(&http, &server.url, c).await);
+                    out.push(send(&http, &server.url, &server.token, c).await);
                 }
                 out
             })
@@ -292,7 +308,7 @@ fn main() -> anyhow::Result<()> {
         };
         phase(format!("{label}, {n} at once"), &|| {
             rt.block_on(async {
-                let sends = (0..n).map(|_| send(&http, &server.url, case));
+                let sends = (0..n).map(|_| send(&http, &server.url, &server.token, case));
                 futures_util::future::join_all(sends).await
             })
         });

@@ -95,6 +95,7 @@ async fn api_node_memory() -> anyhow::Result<()> {
             let resp = t
                 .http
                 .post(format!("{url}/dicomweb/studies"))
+                .header("Authorization", t.bearer("admin"))
                 .header("Content-Type", ct)
                 .body(body)
                 .send()

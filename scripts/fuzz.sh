@@ -8,21 +8,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
-CARGO_FUZZ_VERSION=0.13.2
+# The fuzz targets are built the way cargo-fuzz builds them (libFuzzer's coverage
+# instrumentation, `--cfg fuzzing`, release) but by cargo itself: installing cargo-fuzz
+# would compile a second tool on every clean CI machine for no other gain.
+# `--target` keeps the instrumentation off build scripts and proc macros.
+target_triple=$(rustc -vV | sed -n 's/^host: //p')
 
-if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
-  echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION (crates.io)" >&2
-  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
-fi
 # Seeds first, with the environment of `make test` so that its build is reused.
 rm -rf fuzz/seeds
 FUZZ_SEEDS="$PWD/fuzz/seeds" cargo test --quiet --test hostile_corpus write_fuzz_seeds -- --ignored >/dev/null
 
-# cargo-fuzz passes nightly-only flags; this machine has one stable toolchain, which
-# accepts them when told it is bootstrapping (set only here: cargo rebuilds whatever
-# it built without it). No sanitizer: the code under test is safe Rust (and C SQLite,
-# which is not what is fuzzed), and a panic, abort or OOM is the failure.
-export RUSTC_BOOTSTRAP=1
+# No sanitizer: the code under test is safe Rust (and C SQLite, which is not what is
+# fuzzed), and a panic, abort or OOM is the failure.
+echo "== fuzz: building the targets (instrumented, release)" >&2
+RUSTFLAGS="-Cpasses=sancov-module \
+  -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+  -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares \
+  -Cllvm-args=-sanitizer-coverage-stack-depth \
+  --cfg fuzzing" \
+  cargo build --quiet --manifest-path fuzz/Cargo.toml --release --target "$target_triple" --bins
+bin_dir="fuzz/target/$target_triple/release"
 
 status=0
 for target in ingest_file stow_multipart; do
@@ -31,7 +38,9 @@ for target in ingest_file stow_multipart; do
   [[ -d "fuzz/regressions/$target" ]] && seeds+=("fuzz/regressions/$target")
   log="fuzz/$target.log"
   echo "== fuzz $target for ${secs}s" >&2
-  if ! cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" "${seeds[@]}" -- \
+  mkdir -p "fuzz/artifacts/$target"
+  if ! "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" \
+      "fuzz/corpus/$target" "${seeds[@]}" \
       -max_total_time="$secs" -rss_limit_mb=2048 -max_len=262144 -timeout=10 \
       -print_final_stats=1 >"$log" 2>&1; then
     status=1

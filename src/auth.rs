@@ -126,6 +126,85 @@ pub fn new_token() -> String {
     format!("tz_{}", hex::encode(rand::random::<[u8; 32]>()))
 }
 
+/// Argon2id parameters of new password hashes: the argon2 crate's defaults, OWASP's
+/// recommendation (19 MiB, 2 passes, 1 lane); a stored hash carries its own, so
+/// raising them later still verifies old passwords.
+fn argon2() -> argon2::Argon2<'static> {
+    argon2::Argon2::default()
+}
+
+/// The shortest password accepted.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+
+/// Checks a new password: at least [`MIN_PASSWORD_CHARS`] characters, at most 1,024
+/// bytes (the KDF's input stays bounded), no control characters.
+pub fn check_password(password: &str) -> Result<(), AuthError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(AuthError::Invalid(format!(
+            "a password must have at least {MIN_PASSWORD_CHARS} characters"
+        )));
+    }
+    if password.len() > 1024 || password.chars().any(char::is_control) {
+        return Err(AuthError::Invalid(
+            "a password must be at most 1,024 bytes of printable characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The Argon2id PHC string of `password` with a new random salt.
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| AuthError::Invalid(format!("password salt: {e}")))?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Invalid(format!("hashing the password: {e}")))
+}
+
+/// Whether `password` matches the stored PHC string. With no stored hash (unknown
+/// user, no password) it checks against a dummy hash, so that the answer takes as
+/// long either way, and says no.
+pub fn verify_password(stored: Option<&str>, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        hash_password(&hex::encode(rand::random::<[u8; 16]>())).unwrap_or_default()
+    });
+    let (phc, real) = match stored {
+        Some(s) => (s, true),
+        None => (DUMMY.as_str(), false),
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let ok = argon2()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    ok && real
+}
+
+/// Sets user `name`'s password (checked, then hashed); its open sessions end.
+pub async fn set_password(catalog: &Catalog, name: &str, password: &str) -> Result<(), AuthError> {
+    check_password(password)?;
+    let password = password.to_owned();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| AuthError::Invalid(format!("hashing the password: {e}")))??;
+    catalog.set_password(name, &hash, crate::now_ms()).await?;
+    Ok(())
+}
+
+/// Whether `s` has the shape of a token [`new_token`] makes (checked before hashing,
+/// so that a credential of another kind is refused as such).
+pub fn is_token_shaped(s: &str) -> bool {
+    s.len() == 67
+        && s.starts_with("tz_")
+        && s[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Checks a new user against the configuration: a name of at most 64 letters, digits
 /// and `. _ - @`; an imaging-center user names a configured imaging center, a
 /// radiologist a configured diagnosis center; coordinators and admins belong to no

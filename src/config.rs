@@ -57,6 +57,18 @@ pub struct ServerConfig {
     pub http_addr: String,
     /// Embedded mode: the SQLite catalog and the object-store directory live here.
     pub data_dir: PathBuf,
+    /// PEM certificate chain and private key: with both, the HTTP listener speaks
+    /// TLS only (rustls). Without them it speaks plain HTTP and warns at start-up
+    /// when it listens on anything but loopback.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// Whether the listener speaks TLS (session cookies are then `Secure`).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_key_file.is_some()
+    }
 }
 
 /// Which catalog database runs, and where the pseudonym salt is kept.
@@ -204,7 +216,7 @@ impl Default for ReadingConfig {
 }
 
 /// Credentials.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The key API tokens are hashed with (a file of at least 32 hex digits), kept out
@@ -212,6 +224,26 @@ pub struct AuthConfig {
     /// Unset: `token.key` in `server.data_dir`, created on first use with SQLite; with
     /// PostgreSQL every node must be given the same file.
     pub token_key_file: Option<PathBuf>,
+    /// How long a browser session lasts after sign-in.
+    pub session_hours: u64,
+    /// Failed sign-ins of one user name within `signin_window_secs` after which its
+    /// sign-ins are refused (429) until the window has passed.
+    pub signin_max_failures: u32,
+    /// The same limit for failed sign-ins from one address, whatever the names.
+    pub signin_max_failures_per_address: u32,
+    pub signin_window_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_key_file: None,
+            session_hours: 12,
+            signin_max_failures: 5,
+            signin_max_failures_per_address: 50,
+            signin_window_secs: 900,
+        }
+    }
 }
 
 /// The bucket inbox (`inbox/{center}/` in the object store), scanned by every
@@ -302,6 +334,8 @@ impl Default for ServerConfig {
         ServerConfig {
             http_addr: "127.0.0.1:8042".into(),
             data_dir: "tamiz-data".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -396,6 +430,8 @@ impl Config {
             .chain(self.model.card.as_mut())
             .chain(self.catalog.salt_file.as_mut())
             .chain(self.auth.token_key_file.as_mut())
+            .chain(self.server.tls_cert_file.as_mut())
+            .chain(self.server.tls_key_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -430,6 +466,17 @@ impl Config {
     /// Checks cross references so that a typo fails at start, not at routing time.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.server.tls_cert_file.is_some() != self.server.tls_key_file.is_some() {
+            return bad(
+                "server.tls_cert_file and server.tls_key_file go together: set both for TLS, or neither"
+                    .into(),
+            );
+        }
+        if self.auth.session_hours == 0 || self.auth.signin_max_failures == 0 {
+            return bad(
+                "auth.session_hours and auth.signin_max_failures must be at least 1".into(),
+            );
+        }
         if let Some(url) = &self.catalog.url {
             if !["sqlite:", "postgres:", "postgresql:"]
                 .iter()

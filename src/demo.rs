@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::api::iso_time;
+use crate::auth::{add_user, TokenKey};
+use crate::catalog::{Catalog, Role};
 use crate::config::Config;
 use crate::dataset::{SYNTH_COLUMNS, SYNTH_ROWS};
 use crate::parallel::threads;
@@ -34,6 +36,49 @@ fn truth(p: &StudyPlan) -> String {
             format!("{what} {}", lat.as_str())
         }
     }
+}
+
+/// A user the demo made, with its token (the demo's data directory is wiped on every
+/// run, so printing tokens is what lets a newcomer try each role).
+struct DemoUser {
+    name: String,
+    role: Role,
+    center: Option<String>,
+    token: String,
+}
+
+/// One user per role: an uploader per imaging center, a radiologist per diagnosis
+/// center, a coordinator and an admin.
+async fn demo_users(config: &Config, catalog: &Catalog) -> anyhow::Result<Vec<DemoUser>> {
+    let key = TokenKey::load(config)?;
+    let mut wanted: Vec<(String, Role, Option<String>)> = Vec::new();
+    for c in &config.imaging_centers {
+        wanted.push((
+            format!("uploader-{}", c.id),
+            Role::ImagingCenter,
+            Some(c.id.clone()),
+        ));
+    }
+    for d in &config.diagnosis_centers {
+        wanted.push((
+            format!("radiologist-{}", d.id),
+            Role::Radiologist,
+            Some(d.id.clone()),
+        ));
+    }
+    wanted.push(("coordinator".into(), Role::Coordinator, None));
+    wanted.push(("admin".into(), Role::Admin, None));
+    let mut users = Vec::new();
+    for (name, role, center) in wanted {
+        let token = add_user(catalog, &key, config, &name, role, center.as_deref()).await?;
+        users.push(DemoUser {
+            name,
+            role,
+            center,
+            token,
+        });
+    }
+    Ok(users)
 }
 
 pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
@@ -111,10 +156,21 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     let url = server.base_url();
     println!("  server on {url} (data in {})", data.display());
 
-    // 3. Each imaging center uploads its day.
+    // 3. One user per role (and per center), each with its API token.
+    let users = demo_users(&config, &server.catalog).await?;
+    let token_of = |name: &str| {
+        users
+            .iter()
+            .find(|u| u.name == name)
+            .map(|u| u.token.clone())
+            .unwrap_or_default()
+    };
+
+    // 4. Each imaging center uploads its day with its own token.
     let t_upload = Instant::now();
     for c in &centers {
-        let report = crate::upload::upload(&url, Some(c), &[input.join(c)], false).await?;
+        let token = token_of(&format!("uploader-{c}"));
+        let report = crate::upload::upload(&url, &token, None, &[input.join(c)], false).await?;
         println!(
             "  {c}: uploaded {} files, {} stored, {} failed",
             report.results.len(),
@@ -134,7 +190,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
     }
     println!("  upload took {:.1} s", t_upload.elapsed().as_secs_f64());
 
-    // 4. Wait until every study is on a worklist.
+    // 5. Wait until every study is on a worklist.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let mut pending = 0;
@@ -157,7 +213,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         t_upload.elapsed().as_secs_f64()
     );
 
-    // 5. The worklists, as radiologists see them, with the synthetic ground truth.
+    // 6. The worklists, as radiologists see them, with the synthetic ground truth.
     let truth_of: HashMap<&str, String> = plans
         .iter()
         .map(|(_, p)| (p.study_uid.as_str(), truth(p)))
@@ -198,7 +254,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         println!();
     }
 
-    // 6. The coordinator's summary.
+    // 7. The coordinator's summary.
     let now = crate::now_ms();
     let (year, start, end) = crate::year_bounds(now);
     let s = server.catalog.summary(year, start, end, now).await?;
@@ -232,8 +288,24 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    println!("\nSign in as each role with its API token (Authorization: Bearer TOKEN):");
+    for u in &users {
+        println!(
+            "  {:<24} {:<15} {:<10} {}",
+            u.name,
+            u.role.as_str(),
+            u.center.as_deref().unwrap_or("-"),
+            u.token
+        );
+    }
     if opts.keep_serving {
-        println!("\nserving on {url} until Ctrl-C; try:\n  curl {url}/api/v1/summary\n  curl {url}/api/v1/centers/{}/worklist", config.default_diagnosis_center);
+        let radiologist = format!("radiologist-{}", config.default_diagnosis_center);
+        println!(
+            "\nserving on {url} until Ctrl-C; try:\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/summary\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/centers/{}/worklist",
+            token_of("coordinator"),
+            token_of(&radiologist),
+            config.default_diagnosis_center
+        );
         tokio::signal::ctrl_c().await?;
     }
     server.stop().await;

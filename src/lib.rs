@@ -16,16 +16,19 @@
 //! - [`storage`]: the `ObjectStore` trait, the local-directory store and the S3 store.
 //! - [`catalog`]: SQL on SQLite or PostgreSQL: studies, instances, job queue,
 //!   worklists, readings, targets.
-//! - [`auth`]: API tokens (keyed hashes) and the checks on new users.
+//! - [`auth`]: API tokens (keyed hashes), passwords (Argon2id) and the checks on
+//!   new users.
+//! - [`oidc`]: bearer JWTs of a configured OIDC provider (JWKS, issuer, audience).
 //! - [`metrics`]: `/metrics` (Prometheus text).
 //! - [`preprocess`]: display image → model tensor, as the model card says.
 //! - [`model`]: model card and the ONNX Runtime session thread.
 //! - [`triage`]: per-view scores → priority class and due time.
 //! - [`routing`]: study → diagnosis center.
 //! - [`worker`]: lease → fetch → decode → infer → route → finish; `tamiz worker`.
-//! - [`api`]: axum routes (DICOMweb, worklist, coordinator).
+//! - [`api`]: axum routes (DICOMweb, worklist, coordinator, sign-in), each with its
+//!   access rule; the audit log of patient data read or changed.
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
-//! - [`http`]: the HTTP listener: connection bound, header timeout, drain.
+//! - [`http`]: the HTTP listener: connection bound, header timeout, TLS, drain.
 //! - [`upload`], [`demo`], [`evaluate`], [`dataset`]: the other subcommands
 //!   (`dataset` also writes `synth` output and training tensors).
 //! - [`parallel`]: order-keeping parallel map for CPU-bound work.

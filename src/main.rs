@@ -44,7 +44,12 @@ enum Command {
         /// Base URL of the server, e.g. http://127.0.0.1:8042
         #[arg(long, env = "TAMIZ_URL", default_value = "http://127.0.0.1:8042")]
         url: String,
-        /// Imaging center id (sent as X-Tamiz-Center).
+        /// API token of an imaging-center user (`tamiz users add NAME --role
+        /// imaging_center --center ID` prints one).
+        #[arg(long, env = "TAMIZ_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Imaging center id, sent as X-Tamiz-Center: only an admin token acting as a
+        /// gateway may name one; an imaging-center token uploads for its own center.
         #[arg(long)]
         center: Option<String>,
         /// Files or folders (walked recursively).
@@ -118,7 +123,13 @@ enum UsersCommand {
         /// The imaging center (role imaging_center) or diagnosis center (radiologist).
         #[arg(long)]
         center: Option<String>,
+        /// Also give the user a password for the sign-in page: asked for twice on a
+        /// terminal, else read from the first line of stdin.
+        #[arg(long)]
+        password: bool,
     },
+    /// Set a user's password (as `add --password` reads it); its sessions end.
+    Password { name: String },
     /// List users: name, role, center, state, live tokens (never a credential).
     List,
     /// Disable a user: its tokens stop working at once.
@@ -201,9 +212,19 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        Command::Upload { url, center, paths } => {
-            let report =
-                rt.block_on(tamiz::upload::upload(&url, center.as_deref(), &paths, true))?;
+        Command::Upload {
+            url,
+            token,
+            center,
+            paths,
+        } => {
+            let report = rt.block_on(tamiz::upload::upload(
+                &url,
+                &token,
+                center.as_deref(),
+                &paths,
+                true,
+            ))?;
             if report.failed() > 0 {
                 std::process::exit(1);
             }
@@ -274,6 +295,22 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// A new password: typed twice without echo on a terminal, else the first line of
+/// stdin (for scripts).
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let again = rpassword::prompt_password("password again: ")?;
+        anyhow::ensure!(first == again, "the two passwords differ");
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+}
+
 /// `tamiz users ...` against the configured catalog.
 async fn users(config: Config, action: UsersCommand) -> anyhow::Result<()> {
     use tamiz::catalog::{Catalog, Role};
@@ -282,15 +319,31 @@ async fn users(config: Config, action: UsersCommand) -> anyhow::Result<()> {
         .context("opening the catalog")?;
     let key = || tamiz::auth::TokenKey::load(&config);
     match action {
-        UsersCommand::Add { name, role, center } => {
+        UsersCommand::Add {
+            name,
+            role,
+            center,
+            password,
+        } => {
             let role = Role::parse(&role).with_context(|| {
                 format!(
                     "unknown role `{role}`: use imaging_center, radiologist, coordinator or admin"
                 )
             })?;
+            // Asked for before the user exists, so a refused password adds nothing.
+            let password = if password {
+                let p = read_password()?;
+                tamiz::auth::check_password(&p)?;
+                Some(p)
+            } else {
+                None
+            };
             let token =
                 tamiz::auth::add_user(&catalog, &key()?, &config, &name, role, center.as_deref())
                     .await?;
+            if let Some(p) = password {
+                tamiz::auth::set_password(&catalog, &name, &p).await?;
+            }
             println!("{token}");
         }
         UsersCommand::List => {
@@ -312,6 +365,11 @@ async fn users(config: Config, action: UsersCommand) -> anyhow::Result<()> {
         UsersCommand::Token { name } => {
             let token = tamiz::auth::issue_token(&catalog, &key()?, &name).await?;
             println!("{token}");
+        }
+        UsersCommand::Password { name } => {
+            let p = read_password()?;
+            tamiz::auth::set_password(&catalog, &name, &p).await?;
+            eprintln!("password of {name} set; its sessions ended");
         }
         UsersCommand::Revoke { name } => {
             let n = catalog.revoke_tokens(&name, tamiz::now_ms()).await?;

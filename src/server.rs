@@ -66,6 +66,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     let store = crate::storage::open(&config)
         .await
         .context("opening the object store")?;
+    let token_key = crate::auth::TokenKey::load(&config).context("loading the API token key")?;
     let upload_dir = data.join("uploads");
     let spool = Spool::open(&upload_dir, &config.limits)
         .with_context(|| format!("opening the upload spool {}", upload_dir.display()))?;
@@ -120,6 +121,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         catalog: catalog.clone(),
         config: config.clone(),
         model: loaded_model,
+        token_key,
     });
     let addr = listener.local_addr()?;
     let (limits, http_shutdown) = (config.limits.clone(), shutdown_rx.clone());

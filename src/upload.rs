@@ -77,17 +77,28 @@ fn sop_uid(path: &Path) -> Result<String, String> {
     }
 }
 
-/// Uploads every file under `paths` to the STOW-RS endpoint of `base_url`.
-/// `center` is sent as the `X-Tamiz-Center` header. `print` writes a line per file.
+/// Uploads every file under `paths` to the STOW-RS endpoint of `base_url`, signed in
+/// with API `token` (an imaging-center user's, whose center the server stores the
+/// files for). `center` is sent as the `X-Tamiz-Center` header, which the server
+/// honours only for an admin token acting as a gateway. `print` writes a line per file.
 pub async fn upload(
     base_url: &str,
+    token: &str,
     center: Option<&str>,
     paths: &[PathBuf],
     print: bool,
 ) -> anyhow::Result<UploadReport> {
     let files = collect_files(paths)?;
+    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| anyhow::anyhow!("the API token holds characters a header cannot carry"))?;
+    auth.set_sensitive(true);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
+        .default_headers(
+            [(reqwest::header::AUTHORIZATION, auth)]
+                .into_iter()
+                .collect(),
+        )
         .build()
         .context("building the HTTP client")?;
     let url = format!("{}/dicomweb/studies", base_url.trim_end_matches('/'));

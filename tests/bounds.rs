@@ -20,10 +20,12 @@ struct SlowUpload {
 }
 
 impl SlowUpload {
-    async fn open(addr: &str) -> SlowUpload {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+    /// As the admin gateway of test server `t`.
+    async fn open(t: &TestServer) -> SlowUpload {
+        let mut s = TcpStream::connect(t.addr()).await.expect("connect");
         let head = format!(
-            "POST /dicomweb/studies HTTP/1.1\r\nHost: test\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /dicomweb/studies HTTP/1.1\r\nHost: test\r\nAuthorization: {}\r\nContent-Type: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            t.bearer("admin"),
             corpus::content_type()
         );
         s.write_all(head.as_bytes()).await.expect("send head");
@@ -108,7 +110,7 @@ async fn uploads_beyond_max_concurrent_uploads_get_503_with_retry_after() {
     let t = TestServer::start_with(|c| c.limits.max_concurrent_uploads = 1).await;
     let base = corpus::base_instance();
     let (first, rest) = split_part(&base, 100);
-    let mut held = SlowUpload::open(&t.addr()).await;
+    let mut held = SlowUpload::open(&t).await;
     held.send(&first).await;
     eventually(10, "the first upload is being spooled", || {
         !t.spooled().is_empty()
@@ -118,6 +120,7 @@ async fn uploads_beyond_max_concurrent_uploads_get_503_with_retry_after() {
     let resp = t
         .http
         .post(format!("{}/dicomweb/studies", t.url))
+        .header("Authorization", t.bearer("admin"))
         .header("Content-Type", corpus::content_type())
         .body(corpus::multipart_raw(
             &[b"Content-Type: application/dicom\r\n\r\nx"],
@@ -152,7 +155,7 @@ async fn bytes_beyond_max_upload_bytes_in_flight_get_503_and_nothing_is_kept() {
     .await;
     let big = vec![0x55u8; 900 << 10];
     let (first, _) = split_part(&big, big.len());
-    let mut held = SlowUpload::open(&t.addr()).await;
+    let mut held = SlowUpload::open(&t).await;
     held.send(&first).await;
     eventually(10, "900 KiB are spooled", || {
         t.spooled().iter().any(|(_, n)| *n >= 900 << 10)
@@ -192,7 +195,7 @@ async fn a_stalled_body_gets_408_and_its_spool_file_is_removed() {
     let t = TestServer::start_with(|c| c.limits.body_idle_timeout_secs = 1).await;
     let base = corpus::base_instance();
     let (first, _) = split_part(&base, 100);
-    let mut up = SlowUpload::open(&t.addr()).await;
+    let mut up = SlowUpload::open(&t).await;
     up.send(&first).await;
     let (status, _, body) = read_response(&mut up.s).await;
     assert_eq!(status, 408, "{body}");
@@ -303,7 +306,7 @@ async fn a_cancelled_upload_leaves_nothing_behind() {
     let t = TestServer::start().await;
     let base = corpus::base_instance();
     let (first, _) = split_part(&base, base.len() / 2);
-    let mut up = SlowUpload::open(&t.addr()).await;
+    let mut up = SlowUpload::open(&t).await;
     up.send(&first).await;
     eventually(10, "the upload is being spooled", || {
         !t.spooled().is_empty()
@@ -446,6 +449,7 @@ async fn a_full_disk_answers_507_with_retry_after_and_the_resend_succeeds() {
         let resp = t
             .http
             .post(format!("{}/dicomweb/studies", t.url))
+            .header("Authorization", t.bearer("admin"))
             .header("Content-Type", corpus::content_type())
             .body(multipart(std::slice::from_ref(&base)).1)
             .send()

@@ -121,6 +121,7 @@ async fn garbage_bodies_get_a_400_and_the_server_stays_up() {
         let resp = t
             .http
             .post(format!("{}/dicomweb/studies", t.url))
+            .header("Authorization", t.bearer("admin"))
             .header(
                 "Content-Type",
                 "multipart/related; type=\"application/dicom\"; boundary=tamiz-test-boundary-8c1f",

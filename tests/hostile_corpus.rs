@@ -56,7 +56,8 @@ async fn send(t: &TestServer, case: &Case) -> (u16, Option<String>, Value) {
     let mut req = match method {
         "GET" => t.http.get(format!("{}{path}", t.url)),
         _ => t.http.post(format!("{}{path}", t.url)).body(body),
-    };
+    }
+    .header("Authorization", t.bearer("admin"));
     if let Some(ct) = ct {
         req = req.header("Content-Type", ct);
     }
@@ -197,11 +198,12 @@ async fn the_upload_client_reports_every_hostile_file_and_sends_the_rest() {
     std::fs::write(dir.join("good-base.dcm"), corpus::base_instance()).unwrap();
     let study = tamiz::synth::plan_studies(1, 77, 0.0, 256, 208, &["CLINIC B"]).remove(0);
     let good = study_files(&dir.join("good-study"), &study);
-    let (url, d) = (t.url.clone(), dir.clone());
+    let (url, d, token) = (t.url.clone(), dir.clone(), t.token("admin").to_owned());
     // Off the runtime thread: the server under test runs on it.
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tamiz"))
             .args(["upload", "--url", &url])
+            .env("TAMIZ_TOKEN", token)
             .arg(&d)
             .output()
             .expect("run tamiz upload")

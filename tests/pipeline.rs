@@ -156,9 +156,11 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
         .version_key();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = tamiz::server::start(cfg.clone(), listener).await.unwrap();
+    let tokens = make_test_users(&api).await;
     let (ct, body) = multipart(&parts);
     let r = reqwest::Client::new()
         .post(format!("{}/dicomweb/studies", api.base_url()))
+        .header("Authorization", format!("Bearer {}", tokens["admin"]))
         .header("Content-Type", ct)
         .body(body)
         .send()
@@ -183,6 +185,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
         server,
         dir,
         http: reqwest::Client::new(),
+        tokens,
     };
     let s = t.wait_worklisted(&p.study_uid).await;
     assert_eq!(s.job_attempts, Some(2), "re-leased once after the expiry");
@@ -223,8 +226,8 @@ async fn real_cbis_ddsm_mammograms_are_uploaded_by_the_cli_and_triaged() {
         "upload".to_string(),
         "--url".into(),
         t.url.clone(),
-        "--center".into(),
-        "clinic-a".into(),
+        "--token".into(),
+        t.token("uploader-clinic-a").to_owned(),
     ];
     args.push(
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -314,14 +317,15 @@ async fn dicomweb_client_stores_a_study_over_chunked_stow_rs() {
     let script = r#"
 import sys, pydicom
 from dicomweb_client.api import DICOMwebClient
-client = DICOMwebClient(url=sys.argv[1])
-result = client.store_instances(datasets=[pydicom.dcmread(f) for f in sys.argv[2:]])
+client = DICOMwebClient(url=sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
+result = client.store_instances(datasets=[pydicom.dcmread(f) for f in sys.argv[3:]])
 print(len(result.ReferencedSOPSequence))
 "#;
     let mut args = vec![
         "-c".to_string(),
         script.into(),
         format!("{}/dicomweb", t.url),
+        t.token("uploader-clinic-b").to_owned(),
     ];
     args.extend(files.iter().map(|f| f.0.display().to_string()));
     let out =
@@ -481,10 +485,11 @@ async fn start_api_node(t: &TestServer, config: &Path, port: u16) -> std::proces
     }
 }
 
-/// `tamiz upload` of `dir` to the API node on `port`, as a child process.
-fn start_upload(dir: &Path, port: u16) -> std::process::Child {
+/// `tamiz upload` of `dir` to the API node on `port` with `token`, as a child process.
+fn start_upload(dir: &Path, port: u16, token: &str) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_tamiz"))
         .args(["upload", "--url", &format!("http://127.0.0.1:{port}")])
+        .env("TAMIZ_TOKEN", token)
         .arg(dir)
         .env("TAMIZ_LOG", "error")
         .stdout(std::process::Stdio::piped())
@@ -563,7 +568,7 @@ async fn api_node_and_workers_killed_again_and_again_lose_and_duplicate_nothing(
     });
 
     // The API node dies in the middle of the upload.
-    let mut first = start_upload(&studies, port);
+    let mut first = start_upload(&studies, port, t.token("admin"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while t.server.catalog.counts().await.unwrap().instances < 20 {
         assert!(
@@ -582,7 +587,7 @@ async fn api_node_and_workers_killed_again_and_again_lose_and_duplicate_nothing(
     // Restarted; the interrupted upload retries (or gives up), then is run again.
     let mut api = start_api_node(&t, &config_path, port).await;
     wait_exit(&mut first, 180, "the interrupted upload").await;
-    let mut second = start_upload(&studies, port);
+    let mut second = start_upload(&studies, port, t.token("admin"));
     let exit = wait_exit(&mut second, 180, "the second upload").await;
     let mut out = String::new();
     std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut out).unwrap();

@@ -284,7 +284,7 @@ async fn concurrent_claims_never_hand_out_the_same_study() {
         let claims = futures_util::future::join_all((0..12).map(|r| {
             let c = c.clone();
             async move {
-                c.claim_next("central", &format!("radiologist-{r}"), 1000, 0)
+                c.claim_next("central", &format!("radiologist-{r}"), 1000, 0, None)
                     .await
                     .unwrap()
             }
@@ -336,35 +336,35 @@ async fn abandoned_claims_return_and_readings_need_the_claim() {
         .await
         .unwrap();
         let first = c
-            .claim_next("central", "ana", 1000, 0)
+            .claim_next("central", "ana", 1000, 0, None)
             .await
             .unwrap()
             .unwrap();
         assert!(c
-            .claim_next("central", "ben", 1500, 0)
+            .claim_next("central", "ben", 1500, 0, None)
             .await
             .unwrap()
             .is_none());
         // ana's claim (at 1000) is older than the expiry cut-off: ben gets it
         let again = c
-            .claim_next("central", "ben", 5000, 2000)
+            .claim_next("central", "ben", 5000, 2000, None)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(again.id, first.id);
         let err = c
-            .record_reading(first.id, "ana", 1, "B", 6000)
+            .record_reading(first.id, "ana", 1, "B", 6000, None)
             .await
             .unwrap_err();
         assert!(
             err.to_string().contains("claimed by another radiologist"),
             "{err}"
         );
-        c.record_reading(first.id, "ben", 1, "B", 6000)
+        c.record_reading(first.id, "ben", 1, "B", 6000, None)
             .await
             .unwrap();
         assert!(c
-            .record_reading(first.id, "ben", 2, "B", 6001)
+            .record_reading(first.id, "ben", 2, "B", 6001, None)
             .await
             .unwrap_err()
             .to_string()
@@ -427,7 +427,7 @@ async fn many_claimers_and_lessees_on_several_connections_never_share_one() {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 while let Some(i) = c
-                    .claim_next("central", &format!("radiologist-{r}"), 1000, 0)
+                    .claim_next("central", &format!("radiologist-{r}"), 1000, 0, None)
                     .await
                     .unwrap()
                 {

@@ -79,13 +79,14 @@ impl Drop for Reap {
 async fn stow(
     http: &reqwest::Client,
     url: &str,
+    token: &str,
     parts: &[Vec<u8>],
 ) -> (u16, Option<String>, Value) {
     let (ct, body) = multipart(parts);
     let resp = http
         .post(format!("{url}/dicomweb/studies"))
         .header("Content-Type", ct)
-        .header("X-Tamiz-Center", "clinic-a")
+        .header("Authorization", format!("Bearer {token}"))
         .body(body)
         .send()
         .await
@@ -115,6 +116,31 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
          [[imaging_centers]]\nid = \"clinic-a\"\nname = \"Clinic A\"\nhome = \"central\"\n",
     )
     .unwrap();
+    // The uploader's token, made with the CLI against the catalog the server will use.
+    let added = Command::new(env!("CARGO_BIN_EXE_tamiz"))
+        .args([
+            "users",
+            "add",
+            "uploader",
+            "--role",
+            "imaging_center",
+            "--center",
+            "clinic-a",
+            "--config",
+        ])
+        .arg(&config)
+        .env("TAMIZ_DATA_DIR", dir.path().join("data"))
+        .env_remove("TAMIZ_DATABASE_URL")
+        .env_remove("TAMIZ_TOKEN_KEY_FILE")
+        .env_remove("TAMIZ_PSEUDONYM_SALT_FILE")
+        .output()
+        .expect("tamiz users add");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let token = String::from_utf8(added.stdout).unwrap().trim().to_owned();
     let http_port = free_port();
     let url = format!("http://127.0.0.1:{http_port}");
     children.0.push(
@@ -125,6 +151,8 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
             .env("TAMIZ_DATA_DIR", dir.path().join("data"))
             .env("TAMIZ_S3_BUCKET", "outage-bucket")
             .env_remove("TAMIZ_DATABASE_URL")
+            .env_remove("TAMIZ_TOKEN_KEY_FILE")
+            .env_remove("TAMIZ_PSEUDONYM_SALT_FILE")
             .env_remove("TAMIZ_S3_PREFIX")
             .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{s3_port}"))
             .env("AWS_REGION", "us-east-1")
@@ -142,7 +170,7 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
     let b = plan(92, true);
     let a_parts = study_parts(&work, &a);
     let b_parts = study_parts(&work, &b);
-    assert_eq!(stow(&http, &url, &a_parts).await.0, 200);
+    assert_eq!(stow(&http, &url, &token, &a_parts).await.0, 200);
     let objects_before = count_files(&s3_root.join("outage-bucket"));
     assert_eq!(objects_before, 4);
 
@@ -165,7 +193,7 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
         body["error"],
         "not ready: object store unreachable (see server log)"
     );
-    let (status, retry, body) = stow(&http, &url, &b_parts[..2]).await;
+    let (status, retry, body) = stow(&http, &url, &token, &b_parts[..2]).await;
     assert_eq!(status, 503, "{body}");
     assert!(retry.is_some(), "Retry-After on a temporary failure");
     let failed = seq(&body, "00081198");
@@ -177,9 +205,19 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
             "the object store failed or could not be reached (see server log); retry later"
         );
     }
-    let (status, _) = get(&http, &format!("{url}/api/v1/studies/{}", b.study_uid)).await;
+    let (status, _) = get(
+        &http,
+        &format!("{url}/api/v1/studies/{}", b.study_uid),
+        &token,
+    )
+    .await;
     assert_eq!(status, 404, "nothing of the study was catalogued");
-    let (status, a_status) = get(&http, &format!("{url}/api/v1/studies/{}", a.study_uid)).await;
+    let (status, a_status) = get(
+        &http,
+        &format!("{url}/api/v1/studies/{}", a.study_uid),
+        &token,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(a_status["instances"], 4, "{a_status}");
 
@@ -194,10 +232,15 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
         assert!(Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (status, _, body) = stow(&http, &url, &b_parts).await;
+    let (status, _, body) = stow(&http, &url, &token, &b_parts).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(count_files(&s3_root.join("outage-bucket")), 8);
-    let (_, b_status) = get(&http, &format!("{url}/api/v1/studies/{}", b.study_uid)).await;
+    let (_, b_status) = get(
+        &http,
+        &format!("{url}/api/v1/studies/{}", b.study_uid),
+        &token,
+    )
+    .await;
     assert_eq!(b_status["instances"], 4, "{b_status}");
     // Study A's objects are the bytes that were sent.
     for (path, bytes) in study_files(&work, &a) {
@@ -211,8 +254,14 @@ async fn an_s3_outage_under_a_running_server_is_a_clear_retryable_error_and_harm
     }
 }
 
-async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
-    let resp = http.get(url).send().await.unwrap();
+/// GET as the uploader (who may see its own studies).
+async fn get(http: &reqwest::Client, url: &str, token: &str) -> (u16, Value) {
+    let resp = http
+        .get(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }

@@ -256,6 +256,7 @@ async fn malformed_requests_are_refused_whole() {
         let req = t
             .http
             .post(format!("{}{path}", t.url))
+            .header("Authorization", t.bearer("admin"))
             .header("Content-Type", ct)
             .body(body);
         async move {
@@ -315,30 +316,42 @@ async fn malformed_requests_are_refused_whole() {
         "{json}"
     );
     assert!(t.stored_objects().await.is_empty());
-    // bad JSON requests on the worklist API
-    let (code, _) = t
-        .post_json(
-            "/api/v1/centers/central/worklist/claim",
-            serde_json::json!({"who": "x"}),
-        )
-        .await;
-    assert_eq!(code, 400);
-    let (code, _) = t
+    // bad requests on the worklist API
+    let (code, err) = t
         .post_json(
             "/api/v1/centers/nowhere/worklist/claim",
-            serde_json::json!({"radiologist": "x"}),
+            serde_json::json!({}),
         )
         .await;
-    assert_eq!(code, 404);
-    let (code, _) = t
+    assert_eq!(
+        (code, err["error"].as_str()),
+        (404, Some("unknown diagnosis center `nowhere`"))
+    );
+    let (code, err) = t
         .post_json(
             "/api/v1/worklist/1/reading",
-            serde_json::json!({"radiologist": "x", "birads": 9, "density": "A"}),
+            serde_json::json!({"birads": 9, "density": "A"}),
         )
         .await;
-    assert_eq!(code, 400);
-    let (code, _) = t.get_json("/api/v1/studies/..%2F..%2Fetc").await;
-    assert_eq!(code, 400);
+    assert_eq!(
+        (code, err["error"].as_str()),
+        (400, Some("birads must be 0-6, got 9"))
+    );
+    let (code, err) = t
+        .post_json(
+            "/api/v1/worklist/1/reading",
+            serde_json::json!({"birads": 1, "density": "A"}),
+        )
+        .await;
+    assert_eq!(
+        (code, err["error"].as_str()),
+        (404, Some("worklist item 1 not found"))
+    );
+    let (code, err) = t.get_json("/api/v1/studies/..%2F..%2Fetc").await;
+    assert_eq!(
+        (code, err["error"].as_str()),
+        (400, Some("study UID is not a valid UID"))
+    );
     t.stop().await;
 }
 

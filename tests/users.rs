@@ -155,6 +155,23 @@ async fn tamiz_users_manages_accounts_while_the_server_runs() {
         .unwrap()
         .expect("the printed token works against the running server's catalog");
     assert_eq!((id.name.as_str(), id.role), ("rad-1", Role::Radiologist));
+    // ... and over HTTP: north's worklist, not central's.
+    let resp = t
+        .http
+        .get(format!("{}/api/v1/centers/north/worklist", t.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = t
+        .http
+        .get(format!("{}/api/v1/centers/central/worklist", t.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
 
     let (ok, (stdout, _)) = users(&[
         "add",
@@ -210,6 +227,16 @@ async fn tamiz_users_manages_accounts_while_the_server_runs() {
     let second = second.trim_end();
     assert_ne!(second, token);
     let (_, (list, _)) = users(&["list"]);
+    // Only the users this test made (the test server has one per role of its own).
+    let list: String = list
+        .lines()
+        .filter(|l| {
+            ["coord\t", "rad-1\t", "up-a\t"]
+                .iter()
+                .any(|n| l.starts_with(n))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(
         list,
         "coord\tcoordinator\t-\tenabled\t1 token(s)\n\

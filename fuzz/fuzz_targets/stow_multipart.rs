@@ -18,6 +18,8 @@ const CONTENT_TYPE: &str = "multipart/related; type=\"application/dicom\"; bound
 struct App {
     rt: tokio::runtime::Runtime,
     router: axum::Router,
+    /// `Bearer` and an admin's API token: the body is what is fuzzed, not the sign-in.
+    authorization: String,
     _dir: tempfile::TempDir,
 }
 
@@ -35,7 +37,7 @@ fn app() -> &'static App {
         config.limits.max_request_bytes = 4 << 20;
         config.limits.max_multipart_header_bytes = 4096;
         let config = std::sync::Arc::new(config);
-        let router = rt.block_on(async {
+        let (router, authorization) = rt.block_on(async {
             let catalog = tamiz::catalog::Catalog::open(&config)
                 .await
                 .expect("catalog");
@@ -45,7 +47,18 @@ fn app() -> &'static App {
             );
             let spool = tamiz::spool::Spool::open(dir.path().join("uploads"), &config.limits)
                 .expect("spool");
-            tamiz::api::router(tamiz::api::AppState {
+            let token_key = tamiz::auth::TokenKey::load(&config).expect("token key");
+            let token = tamiz::auth::add_user(
+                &catalog,
+                &token_key,
+                &config,
+                "fuzz",
+                tamiz::catalog::Role::Admin,
+                None,
+            )
+            .await
+            .expect("user");
+            let router = tamiz::api::router(tamiz::api::AppState {
                 ingest: tamiz::ingest::Ingest {
                     catalog: catalog.clone(),
                     store,
@@ -56,11 +69,14 @@ fn app() -> &'static App {
                 catalog,
                 config,
                 model: None,
-            })
+                token_key,
+            });
+            (router, format!("Bearer {token}"))
         });
         App {
             rt,
             router,
+            authorization,
             _dir: dir,
         }
     })
@@ -78,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let request = Request::post("/dicomweb/studies")
         .header("content-type", CONTENT_TYPE)
+        .header("authorization", &app.authorization)
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .expect("request");
     let response = app

@@ -1,21 +1,27 @@
 //! The HTTP API: DICOMweb STOW-RS for imaging centers, JSON for radiologists and
 //! coordinators. One error type maps every failure to a status and a stable JSON body.
 
+mod access;
+mod audit;
 mod multipart;
+mod session;
 mod stow;
+pub use access::{Access, Caller, RouteRule};
 pub use multipart::Framing;
 pub use stow::{CENTER_HEADER, RETRY_BUSY_SECS, RETRY_DISK_FULL_SECS, RETRY_TEMPORARY_SECS};
 mod worklist;
 
 use axum::extract::Request;
-use axum::http::{header, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::auth::TokenKey;
+use crate::catalog::{Catalog, CatalogError, Role};
 use crate::config::Config;
 use crate::ingest::Ingest;
 
@@ -28,30 +34,134 @@ pub struct AppState {
     /// `name@version` of the model this process runs workers with; `None` on an
     /// API-only node.
     pub model: Option<String>,
+    /// The key API tokens are checked with.
+    pub token_key: TokenKey,
+}
+
+const UPLOADERS: &[Role] = &[Role::ImagingCenter, Role::Admin];
+/// Status of a study: its imaging center (own uploads), its diagnosis center's
+/// radiologists, admins. Coordinators see aggregates only.
+const STUDY_READERS: &[Role] = &[Role::ImagingCenter, Role::Radiologist, Role::Admin];
+const READERS: &[Role] = &[Role::Radiologist, Role::Admin];
+const PROGRAM: &[Role] = &[Role::Coordinator, Role::Admin];
+const ADMINS: &[Role] = &[Role::Admin];
+const ANYONE_SIGNED_IN: &[Role] = &Role::ALL;
+
+/// A route of the router: its rule and its handler.
+struct Route {
+    rule: RouteRule,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = match MethodFilter::try_from(method.clone()) {
+        Ok(f) => f,
+        Err(_) => unreachable!("routes use standard methods"),
+    };
+    Route {
+        rule: RouteRule {
+            method,
+            path,
+            access,
+        },
+        handler: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route, with who may call it. The router is built from this list only, so a
+/// route cannot exist without a rule.
+fn routes() -> Vec<Route> {
+    use Access::{Open, Roles};
+    vec![
+        route(Method::GET, "/", Open, session::home),
+        route(Method::GET, "/signin", Open, session::signin_form),
+        route(Method::POST, "/signin", Open, session::signin),
+        route(
+            Method::POST,
+            "/signout",
+            Roles(ANYONE_SIGNED_IN),
+            session::signout,
+        ),
+        route(Method::GET, "/healthz", Open, || async { "ok" }),
+        route(Method::GET, "/readyz", Open, readyz),
+        route(Method::GET, "/metrics", Open, metrics),
+        route(
+            Method::POST,
+            "/dicomweb/studies",
+            Roles(UPLOADERS),
+            stow::store_instances,
+        ),
+        route(
+            Method::POST,
+            "/dicomweb/studies/{study}",
+            Roles(UPLOADERS),
+            stow::store_instances_in_study,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/studies/{study}",
+            Roles(STUDY_READERS),
+            worklist::study_status,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/centers/{center}/worklist",
+            Roles(READERS),
+            worklist::list,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/centers/{center}/worklist/claim",
+            Roles(READERS),
+            worklist::claim_next,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/worklist/{item}/release",
+            Roles(READERS),
+            worklist::release,
+        ),
+        route(
+            Method::POST,
+            "/api/v1/worklist/{item}/reading",
+            Roles(READERS),
+            worklist::record_reading,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/summary",
+            Roles(PROGRAM),
+            worklist::summary,
+        ),
+        route(Method::GET, "/api/v1/audit", Roles(ADMINS), audit::query),
+    ]
+}
+
+/// Every route of the router with who may call it (the README's route table and the
+/// access tests are checked against this list).
+pub fn route_rules() -> Vec<RouteRule> {
+    routes().into_iter().map(|r| r.rule).collect()
 }
 
 pub fn router(state: AppState) -> Router {
     let body_idle = std::time::Duration::from_secs(state.config.limits.body_idle_timeout_secs);
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/dicomweb/studies", post(stow::store_instances))
-        .route(
-            "/dicomweb/studies/{study}",
-            post(stow::store_instances_in_study),
-        )
-        .route("/api/v1/studies/{study}", get(worklist::study_status))
-        .route("/api/v1/centers/{center}/worklist", get(worklist::list))
-        .route(
-            "/api/v1/centers/{center}/worklist/claim",
-            post(worklist::claim_next),
-        )
-        .route(
-            "/api/v1/worklist/{item}/reading",
-            post(worklist::record_reading),
-        )
-        .route("/api/v1/summary", get(worklist::summary))
+    let mut router = Router::new();
+    for Route { rule, handler } in routes() {
+        let path = rule.path;
+        let handler = match rule.access {
+            Access::Open => handler,
+            Access::Roles(_) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (state.clone(), rule),
+                access::require,
+            )),
+        };
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn(json_errors))
         // A body that stalls fails (408 on STOW-RS) instead of holding its slot.
@@ -66,6 +176,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    /// 401: answer with a `WWW-Authenticate: Bearer` challenge.
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -74,7 +186,19 @@ impl ApiError {
             status,
             message: message.into(),
             retry_after_secs: None,
+            challenge: false,
         }
+    }
+    /// 401: no credentials, or credentials that are not valid.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError {
+            challenge: true,
+            ..ApiError::new(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+    /// 403: valid credentials outside the route's role or center.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
     }
     /// 503 with Retry-After: the server cannot take this now; the same request may
     /// succeed later.
@@ -101,6 +225,12 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after_secs {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        if self.challenge {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"tamiz\""),
+            );
         }
         r
     }
@@ -162,12 +292,13 @@ async fn json_errors(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    let is_json = res
+    // JSON errors, and the pages of the sign-in flow (HTML by design), pass as they are.
+    let documented = res
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"));
-    if is_json {
+        .is_some_and(|ct| ct.contains("json") || ct.starts_with("text/html"));
+    if documented {
         return res;
     }
     let (parts, body) = res.into_parts();

@@ -22,13 +22,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use super::access::Caller;
 use super::multipart::{framed_body, BodyError};
 use super::{ApiError, AppState};
+use crate::catalog::Role;
 use crate::dicom::is_valid_uid;
 use crate::ingest::IngestError;
 use crate::spool::{Spool, SpoolError, SpoolFile};
 
-/// Header an uploader uses to say which imaging center it is.
+/// Header an admin gateway uses to say which imaging center an upload comes from.
 pub const CENTER_HEADER: &str = "x-tamiz-center";
 const DICOM_JSON: &str = "application/dicom+json";
 /// Retry-After (seconds) when the server is at its upload bounds.
@@ -40,14 +42,16 @@ pub const RETRY_DISK_FULL_SECS: u64 = 60;
 
 pub async fn store_instances(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    store(state, None, headers, body).await
+    store(state, &caller, None, headers, body).await
 }
 
 pub async fn store_instances_in_study(
     State(state): State<AppState>,
+    caller: Caller,
     Path(study): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -55,7 +59,34 @@ pub async fn store_instances_in_study(
     if !is_valid_uid(&study) {
         return ApiError::bad_request("study UID in the URL is not a valid UID").into_response();
     }
-    store(state, Some(study), headers, body).await
+    store(state, &caller, Some(study), headers, body).await
+}
+
+/// The imaging center an upload is stored for: an imaging-center token's own center;
+/// for an admin token acting as a gateway, the one `X-Tamiz-Center` names (or, without
+/// it, the one the instances' Institution Name maps to).
+fn upload_center(caller: &Caller, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let declared = match headers.get(CENTER_HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("X-Tamiz-Center is not readable text"))?,
+        ),
+    };
+    match (caller.role(), caller.center(), declared) {
+        (Role::Admin, _, declared) => Ok(declared.map(str::to_owned)),
+        (Role::ImagingCenter, Some(own), None) => Ok(Some(own.to_owned())),
+        (Role::ImagingCenter, Some(own), Some(d)) if d == own => Ok(Some(own.to_owned())),
+        (role, own, Some(_)) => Err(ApiError::forbidden(format!(
+            "X-Tamiz-Center is honoured only for an admin token acting as a gateway; this {} token uploads for {}",
+            role.as_str(),
+            own.unwrap_or("no center")
+        ))),
+        (role, _, None) => Err(ApiError::forbidden(format!(
+            "a {} token without a center cannot upload",
+            role.as_str()
+        ))),
+    }
 }
 
 /// Why a part failed, as far as the sender is concerned.
@@ -197,7 +228,17 @@ fn spool_failed(e: SpoolError) -> ApiError {
     }
 }
 
-async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body: Body) -> Response {
+async fn store(
+    state: AppState,
+    caller: &Caller,
+    study: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let declared_center = match upload_center(caller, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let boundary = match boundary(&headers) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -208,10 +249,6 @@ async fn store(state: AppState, study: Option<String>, headers: HeaderMap, body:
         Ok(p) => p,
         Err(e) => return spool_failed(e).into_response(),
     };
-    let declared_center = headers
-        .get(CENTER_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let limits = &state.config.limits;
     let stream = framed_body(body, &boundary, limits);
     let mut multipart = multer::Multipart::new(stream, boundary);

@@ -1,14 +1,16 @@
 //! JSON routes for radiologists (worklist, claim, reading) and coordinators (study
 //! status, program summary).
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::{check_diagnosis_center, Caller};
 use super::{iso_time, ApiError, AppState};
-use crate::catalog::WorklistItem;
+use crate::catalog::{Role, WorklistItem};
 use crate::dicom::is_valid_uid;
 
 fn item_json(i: &WorklistItem) -> Value {
@@ -45,9 +47,12 @@ fn check_center(state: &AppState, center: &str) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /api/v1/studies/{study_uid}`
+/// `GET /api/v1/studies/{study_uid}`: an imaging center sees the studies it uploaded,
+/// a radiologist those on its diagnosis center's worklist, an admin every study.
+/// Each answer is an audited read.
 pub async fn study_status(
     State(state): State<AppState>,
+    caller: Caller,
     Path(study): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     if !is_valid_uid(&study) {
@@ -59,6 +64,26 @@ pub async fn study_status(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("study {study} not found")))?;
     let w = s.worklist.as_ref();
+    let allowed = match caller.role() {
+        Role::Admin => true,
+        Role::ImagingCenter => {
+            s.imaging_center.is_some() && s.imaging_center.as_deref() == caller.center()
+        }
+        Role::Radiologist => w.is_some_and(|w| Some(w.center.as_str()) == caller.center()),
+        Role::Coordinator => false,
+    };
+    if !allowed {
+        return Err(ApiError::forbidden(format!(
+            "a {} user of {} may not see study {study}: it belongs to another center",
+            caller.role().as_str(),
+            caller.center().unwrap_or("no center"),
+        )));
+    }
+    let audit = caller.audit();
+    state
+        .catalog
+        .record_audit(&audit.entry("study.status", Some(&study), None, None, crate::now_ms()))
+        .await?;
     Ok(Json(json!({
         "study_uid": s.study_uid,
         "state": s.state,
@@ -90,50 +115,68 @@ pub struct ListParams {
 }
 
 /// `GET /api/v1/centers/{center}/worklist[?limit=N]`: open items in reading order.
+/// An audited read (one row for the listing).
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Path(center): Path<String>,
     Query(p): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     check_center(&state, &center)?;
+    check_diagnosis_center(&caller, &center)?;
     let limit = p.limit.unwrap_or(200).clamp(1, 5000);
     let items = state.catalog.worklist(&center, limit).await?;
+    let audit = caller.audit();
+    state
+        .catalog
+        .record_audit(&audit.entry("worklist.list", None, None, Some(&center), crate::now_ms()))
+        .await?;
     Ok(Json(
         json!({ "center": center, "items": items.iter().map(item_json).collect::<Vec<_>>() }),
     ))
 }
 
+/// A claim's body: nothing, or `{}` (the claim is always the signed-in user's, so a
+/// body naming a radiologist is refused).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClaimBody {
-    radiologist: String,
-}
+pub struct ClaimBody {}
 
-fn check_radiologist(r: &str) -> Result<(), ApiError> {
-    if r.trim().is_empty() || r.len() > 128 || r.chars().any(char::is_control) {
-        Err(ApiError::bad_request(
-            "radiologist must be 1-128 printable characters",
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// `POST /api/v1/centers/{center}/worklist/claim` `{"radiologist": "..."}`: the first
-/// item of the queue, claimed atomically; 204 when the queue is empty.
+/// `POST /api/v1/centers/{center}/worklist/claim`: the first item of the queue,
+/// claimed atomically for the signed-in radiologist; 204 when the queue is empty.
 pub async fn claim_next(
     State(state): State<AppState>,
+    caller: Caller,
     Path(center): Path<String>,
-    body: Result<Json<ClaimBody>, axum::extract::rejection::JsonRejection>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_center(&state, &center)?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_radiologist(&body.radiologist)?;
+    check_diagnosis_center(&caller, &center)?;
+    if !body.is_empty() {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::bad_request(
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let Json(ClaimBody {}) = Json::<ClaimBody>::from_bytes(&body)
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+    }
     let now = state.catalog.clock_ms().await?;
     let expired_before = now - state.config.reading.claim_timeout_secs as i64 * 1000;
     match state
         .catalog
-        .claim_next(&center, &body.radiologist, now, expired_before)
+        .claim_next(
+            &center,
+            &caller.identity.name,
+            now,
+            expired_before,
+            Some(&caller.audit()),
+        )
         .await?
     {
         Some(item) => Ok((StatusCode::OK, Json(item_json(&item)))),
@@ -141,22 +184,51 @@ pub async fn claim_next(
     }
 }
 
+/// The item `item`, if the caller may act on it (its diagnosis center's radiologists
+/// and admins).
+async fn item_for(state: &AppState, caller: &Caller, item: i64) -> Result<WorklistItem, ApiError> {
+    let found = state
+        .catalog
+        .worklist_item(item)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("worklist item {item} not found")))?;
+    check_diagnosis_center(caller, &found.center)?;
+    Ok(found)
+}
+
+/// `POST /api/v1/worklist/{item}/release`: gives a claimed item back to its queue.
+/// Only the radiologist holding the claim (or an admin) releases it.
+pub async fn release(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(item): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    item_for(&state, &caller, item).await?;
+    let by = (caller.role() != Role::Admin).then_some(caller.identity.name.as_str());
+    let released = state
+        .catalog
+        .release_claim(item, by, Some(&caller.audit()), crate::now_ms())
+        .await?;
+    Ok(Json(item_json(&released)))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadingBody {
-    radiologist: String,
     birads: i64,
     density: String,
 }
 
-/// `POST /api/v1/worklist/{item}/reading` `{"radiologist", "birads": 0-6, "density": "A"-"D"}`
+/// `POST /api/v1/worklist/{item}/reading` `{"birads": 0-6, "density": "A"-"D"}`: the
+/// reading of an item the caller holds, recorded under the caller's name (a body that
+/// names a radiologist is refused: a reading is never recorded under a name sent).
 pub async fn record_reading(
     State(state): State<AppState>,
+    caller: Caller,
     Path(item): Path<i64>,
     body: Result<Json<ReadingBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    check_radiologist(&body.radiologist)?;
     if !(0..=6).contains(&body.birads) {
         return Err(ApiError::bad_request(format!(
             "birads must be 0-6, got {}",
@@ -166,17 +238,21 @@ pub async fn record_reading(
     if !matches!(body.density.as_str(), "A" | "B" | "C" | "D") {
         return Err(ApiError::bad_request("density must be one of A, B, C, D"));
     }
+    item_for(&state, &caller, item).await?;
     state
         .catalog
         .record_reading(
             item,
-            &body.radiologist,
+            &caller.identity.name,
             body.birads,
             &body.density,
             crate::now_ms(),
+            Some(&caller.audit()),
         )
         .await?;
-    Ok(Json(json!({ "item": item, "state": "read" })))
+    Ok(Json(
+        json!({ "item": item, "state": "read", "radiologist": caller.identity.name }),
+    ))
 }
 
 /// `GET /api/v1/summary`: the coordinator's program summary for the current year.

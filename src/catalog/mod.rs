@@ -110,12 +110,17 @@ macro_rules! insert_item {
     }};
 }
 
+#[macro_use]
+mod audit;
 mod inbox;
 mod jobs;
+mod sessions;
 mod users;
 mod worklist;
 
+pub use audit::{AuditContext, AuditEntry, AuditQuery, AuditRow};
 pub use jobs::{Job, JobOutcome};
+pub use sessions::{PasswordRecord, SessionIdentity};
 pub use users::{Identity, Role, RoleText, User};
 pub use worklist::{
     CenterSummary, ClaimedItem, ImagingCenterProgress, NewItem, OpenItems, ProgramSummary,

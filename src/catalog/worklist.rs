@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Catalog, CatalogError, Db, Result};
+use super::{AuditContext, Catalog, CatalogError, Db, Result};
 use crate::triage::{Priority, Triage, ViewScore};
 
 /// A worklist item about to be created for a study.
@@ -166,23 +166,89 @@ impl Catalog {
     /// Atomically claims the first item of `center`'s worklist for `radiologist`: a
     /// queued item, or one whose claim is older than `claim_expired_before_ms`.
     /// Many radiologists claiming at once each get a different item (the pick is
-    /// re-checked, and on PostgreSQL skips rows being claimed).
+    /// re-checked, and on PostgreSQL skips rows being claimed). With `audit`, the
+    /// claim's audit row is written in the same transaction.
     pub async fn claim_next(
         &self,
         center: &str,
         radiologist: &str,
         now_ms: i64,
         claim_expired_before_ms: i64,
+        audit: Option<&AuditContext<'_>>,
     ) -> Result<Option<ClaimedItem>> {
         Ok(on_db!(&self.db, pool, pg => {
-            sqlx::query_as(if pg { CLAIM_SQL_PG } else { CLAIM_SQL })
+            let mut tx = pool.begin().await?;
+            let item: Option<ClaimedItem> = sqlx::query_as(if pg { CLAIM_SQL_PG } else { CLAIM_SQL })
                 .bind(radiologist)
                 .bind(now_ms)
                 .bind(center)
                 .bind(claim_expired_before_ms)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let (Some(a), Some(i)) = (audit, &item) {
+                let entry = a.entry("worklist.claim", Some(&i.study_uid), Some(i.id), Some(&i.center), now_ms);
+                insert_audit!(&mut *tx, &entry);
+            }
+            tx.commit().await?;
+            item
+        }))
+    }
+
+    /// One worklist item, whatever its state.
+    pub async fn worklist_item(&self, item_id: i64) -> Result<Option<WorklistItem>> {
+        let sql = format!("SELECT {ITEM_COLUMNS} FROM worklist_items WHERE id = $1");
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_as(&sql)
+                .bind(item_id)
                 .fetch_optional(pool)
                 .await?
         }))
+    }
+
+    /// Returns a claimed item to its queue, where the next claim takes it in reading
+    /// order. Only the radiologist holding the claim releases it (`by`), unless `by`
+    /// is `None` (an admin).
+    pub async fn release_claim(
+        &self,
+        item_id: i64,
+        by: Option<&str>,
+        audit: Option<&AuditContext<'_>>,
+        now_ms: i64,
+    ) -> Result<WorklistItem> {
+        let sql = format!(
+            "UPDATE worklist_items SET state = 'queued', claimed_by = NULL, claimed_ms = NULL
+             WHERE id = $1 AND state = 'claimed' AND ($2 IS NULL OR claimed_by = $2)
+             RETURNING {ITEM_COLUMNS}"
+        );
+        let released: Option<WorklistItem> = on_db!(&self.db, pool, pg => {
+            let mut tx = pool.begin().await?;
+            let item: Option<WorklistItem> = sqlx::query_as(&sql)
+                .bind(item_id)
+                .bind(by)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let (Some(a), Some(i)) = (audit, &item) {
+                let entry = a.entry("worklist.release", Some(&i.study_uid), Some(i.id), Some(&i.center), now_ms);
+                insert_audit!(&mut *tx, &entry);
+            }
+            tx.commit().await?;
+            item
+        });
+        if let Some(item) = released {
+            return Ok(item);
+        }
+        Err(match self.worklist_item(item_id).await? {
+            None => CatalogError::NotFound(format!("worklist item {item_id} not found")),
+            Some(i) if i.state == "read" => {
+                CatalogError::Conflict(format!("worklist item {item_id} is already read"))
+            }
+            Some(i) if i.state == "queued" => {
+                CatalogError::Conflict(format!("worklist item {item_id} is not claimed"))
+            }
+            Some(_) => CatalogError::Conflict(format!(
+                "worklist item {item_id} is claimed by another radiologist"
+            )),
+        })
     }
 
     /// Records the reading of a claimed item; the item leaves the queue.
@@ -193,6 +259,7 @@ impl Catalog {
         birads: i64,
         density: &str,
         now_ms: i64,
+        audit: Option<&AuditContext<'_>>,
     ) -> Result<()> {
         on_db!(&self.db, pool, pg => {
             let mut tx = pool.begin().await?;
@@ -240,6 +307,10 @@ impl Catalog {
                 .bind(&study)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(a) = audit {
+                let entry = a.entry("reading.record", Some(&study), Some(item_id), None, now_ms);
+                insert_audit!(&mut *tx, &entry);
+            }
             tx.commit().await?;
         });
         Ok(())

@@ -4,6 +4,7 @@
 //! any other shape of key anyway.
 
 mod fs;
+#[cfg(feature = "s3")]
 mod s3;
 
 use std::path::Path;
@@ -14,14 +15,21 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
 pub use fs::FsStore;
+#[cfg(feature = "s3")]
 pub use s3::S3Store;
 
 /// The object store the configuration names: the S3 bucket of `[storage] s3_bucket`
 /// (or `TAMIZ_S3_BUCKET`), else the directory `objects/` in the data directory.
 pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
     match &config.storage.s3_bucket {
+        #[cfg(feature = "s3")]
         Some(bucket) => Ok(Arc::new(
             S3Store::connect(bucket, &config.storage.s3_prefix).await?,
+        )),
+        #[cfg(not(feature = "s3"))]
+        Some(_) => Err(StoreError::Unavailable(
+            "an S3 bucket is configured but this build has no S3 support (cargo feature `s3`)"
+                .to_string(),
         )),
         None => Ok(Arc::new(FsStore::open(
             config.server.data_dir.join("objects"),

@@ -1112,9 +1112,18 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         "POST",
         "/api/v1/centers/central/worklist/claim",
         Some("application/json"),
-        b"{\"radiologist\":".to_vec(),
+        b"{".to_vec(),
         400,
         "Failed to parse the request body as JSON",
+    ));
+    cases.push(raw(
+        "claim naming a radiologist",
+        "POST",
+        "/api/v1/centers/central/worklist/claim",
+        Some("application/json"),
+        b"{\"radiologist\": \"someone else\"}".to_vec(),
+        400,
+        "unknown field `radiologist`",
     ));
     cases
 }

@@ -6,11 +6,12 @@ pub mod backends;
 pub mod corpus;
 pub mod procfs;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tamiz::catalog::StudyStatus;
+use tamiz::catalog::{Role, StudyStatus};
 use tamiz::config::{Config, DiagnosisCenter, ImagingCenter};
 use tamiz::dicom::Laterality;
 use tamiz::server::RunningServer;
@@ -66,6 +67,61 @@ pub struct TestServer {
     pub url: String,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// API token by user name: see [`test_users`].
+    pub tokens: HashMap<String, String>,
+}
+
+/// The users every test server has: `admin`, `coordinator`, `uploader-{imaging
+/// center}` and `radiologist-{diagnosis center}` for each configured center.
+pub fn test_users(config: &Config) -> Vec<(String, Role, Option<String>)> {
+    let mut users = vec![
+        ("admin".to_owned(), Role::Admin, None),
+        ("coordinator".to_owned(), Role::Coordinator, None),
+    ];
+    for c in &config.imaging_centers {
+        users.push((
+            format!("uploader-{}", c.id),
+            Role::ImagingCenter,
+            Some(c.id.clone()),
+        ));
+    }
+    for d in &config.diagnosis_centers {
+        users.push((
+            format!("radiologist-{}", d.id),
+            Role::Radiologist,
+            Some(d.id.clone()),
+        ));
+    }
+    users
+}
+
+/// Makes the [`test_users`] in the server's catalog (or, when a restarted server's
+/// catalog has them already, a new token for each) and returns their tokens.
+pub async fn make_test_users(server: &RunningServer) -> HashMap<String, String> {
+    let key = tamiz::auth::TokenKey::load(&server.config).expect("token key");
+    let mut tokens = HashMap::new();
+    for (name, role, center) in test_users(&server.config) {
+        let token = match tamiz::auth::add_user(
+            &server.catalog,
+            &key,
+            &server.config,
+            &name,
+            role,
+            center.as_deref(),
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(tamiz::auth::AuthError::Catalog(tamiz::catalog::CatalogError::Conflict(_))) => {
+                tamiz::auth::issue_token(&server.catalog, &key, &name)
+                    .await
+                    .expect("new token")
+            }
+            Err(e) => panic!("adding test user {name}: {e}"),
+        };
+        tokens.insert(name, token);
+    }
+    tokens
 }
 
 impl TestServer {
@@ -97,24 +153,81 @@ impl TestServer {
             .await
             .expect("server starts");
         let url = server.base_url();
+        let tokens = make_test_users(&server).await;
         TestServer {
             server,
             url,
             dir,
             http: reqwest::Client::new(),
+            tokens,
         }
     }
 
-    /// Posts a STOW-RS request with the given parts (each an application/dicom body).
+    /// Adds a user (and keeps its token under its name).
+    pub async fn add_user(&mut self, name: &str, role: Role, center: Option<&str>) -> String {
+        let key = tamiz::auth::TokenKey::load(&self.server.config).expect("token key");
+        let token = tamiz::auth::add_user(
+            &self.server.catalog,
+            &key,
+            &self.server.config,
+            name,
+            role,
+            center,
+        )
+        .await
+        .expect("add user");
+        self.tokens.insert(name.to_owned(), token.clone());
+        token
+    }
+
+    /// The API token of test user `name` (see [`test_users`]).
+    pub fn token(&self, name: &str) -> &str {
+        self.tokens
+            .get(name)
+            .unwrap_or_else(|| panic!("no test user {name}"))
+    }
+
+    /// `Authorization: Bearer` with test user `name`'s token.
+    pub fn bearer(&self, name: &str) -> String {
+        format!("Bearer {}", self.token(name))
+    }
+
+    /// Posts a STOW-RS request with the given parts (each an application/dicom body):
+    /// as imaging center `center`'s uploader, or with `None` as the admin gateway
+    /// naming no center (the instances' Institution Name decides).
     pub async fn stow(&self, path: &str, parts: &[Vec<u8>], center: Option<&str>) -> (u16, Value) {
+        let user = match center {
+            Some(c) if self.tokens.contains_key(&format!("uploader-{c}")) => {
+                format!("uploader-{c}")
+            }
+            _ => "admin".to_owned(),
+        };
+        let mut headers = vec![];
+        if let (Some(c), "admin") = (center, user.as_str()) {
+            headers.push(("X-Tamiz-Center", c.to_owned()));
+        }
+        self.stow_as(Some(&user), path, parts, &headers).await
+    }
+
+    /// A STOW-RS request as test user `user` (or with no credentials), with extra headers.
+    pub async fn stow_as(
+        &self,
+        user: Option<&str>,
+        path: &str,
+        parts: &[Vec<u8>],
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
         let (ct, body) = multipart(parts);
         let mut req = self
             .http
             .post(format!("{}{path}", self.url))
             .header("Content-Type", ct)
             .body(body);
-        if let Some(c) = center {
-            req = req.header("X-Tamiz-Center", c);
+        if let Some(u) = user {
+            req = req.header("Authorization", self.bearer(u));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         let resp = req.send().await.expect("request sent");
         let status = resp.status().as_u16();
@@ -125,27 +238,44 @@ impl TestServer {
         )
     }
 
-    pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("request sent");
+    /// `method path` as test user `user` (`None`: no credentials), with a JSON body.
+    pub async fn request_as(
+        &self,
+        user: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(u) = user {
+            req = req.header("Authorization", self.bearer(u));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .json(&body)
-            .send()
+    /// GET as the admin (who may call every route).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        self.get_json_as("admin", path).await
+    }
+
+    pub async fn get_json_as(&self, user: &str, path: &str) -> (u16, Value) {
+        self.request_as(Some(user), reqwest::Method::GET, path, None)
             .await
-            .expect("request sent");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST as the admin.
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        self.post_json_as("admin", path, body).await
+    }
+
+    pub async fn post_json_as(&self, user: &str, path: &str, body: Value) -> (u16, Value) {
+        self.request_as(Some(user), reqwest::Method::POST, path, Some(body))
+            .await
     }
 
     /// Waits (polling, bounded) until the study is on a worklist.
