@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
 # Runs each cargo-fuzz target of fuzz/ for SECONDS (default 60), seeded from the
 # hostile corpus (tests/common/corpus.rs) and the committed crash regressions.
-#   scripts/fuzz.sh            # 60 s per target (what CI runs)
+#   scripts/fuzz.sh            # 60 s per target
 #   scripts/fuzz.sh 1800       # longer, by hand
+#   scripts/fuzz.sh build      # only build the targets (CI builds them beside the tests)
 # Prints each target's executions and crashes; exits non-zero on a crash, leaving
 # the input in fuzz/artifacts/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
+build_only=false
+[[ $secs == build ]] && build_only=true
 # The fuzz targets are built the way cargo-fuzz builds them (libFuzzer's coverage
 # instrumentation, `--cfg fuzzing`, release) but by cargo itself: installing cargo-fuzz
 # would compile a second tool on every clean CI machine for no other gain.
 # `--target` keeps the instrumentation off build scripts and proc macros.
 target_triple=$(rustc -vV | sed -n 's/^host: //p')
-
-# Seeds first, with the environment of `make test` so that its build is reused.
-rm -rf fuzz/seeds
-FUZZ_SEEDS="$PWD/fuzz/seeds" cargo test --quiet --test hostile_corpus write_fuzz_seeds -- --ignored >/dev/null
 
 # No sanitizer: the code under test is safe Rust (and C SQLite, which is not what is
 # fuzzed), and a panic, abort or OOM is the failure.
@@ -28,8 +27,14 @@ RUSTFLAGS="-Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-trace-compares \
   -Cllvm-args=-sanitizer-coverage-stack-depth \
   --cfg fuzzing" \
+  env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS \
   cargo build --quiet --manifest-path fuzz/Cargo.toml --release --target "$target_triple" --bins
 bin_dir="fuzz/target/$target_triple/release"
+$build_only && exit 0
+
+# Seeds, with the environment of `make test` so that its build is reused.
+rm -rf fuzz/seeds
+FUZZ_SEEDS="$PWD/fuzz/seeds" cargo test --quiet --test hostile_corpus write_fuzz_seeds -- --ignored >/dev/null
 
 status=0
 for target in ingest_file stow_multipart; do

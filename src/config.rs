@@ -4,8 +4,8 @@
 //! Relative paths are resolved against the directory of the file they were read from,
 //! so `tamiz serve --config /etc/tamiz/pipeline.toml` does not depend on the working
 //! directory. `TAMIZ_HTTP_ADDR`, `TAMIZ_DATA_DIR`, `TAMIZ_DATABASE_URL`,
-//! `TAMIZ_PSEUDONYM_SALT_FILE`, `TAMIZ_TOKEN_KEY_FILE`, `TAMIZ_S3_BUCKET` and
-//! `TAMIZ_S3_PREFIX` override the file.
+//! `TAMIZ_PSEUDONYM_SALT_FILE`, `TAMIZ_TOKEN_KEY_FILE`, `TAMIZ_TLS_CERT_FILE`,
+//! `TAMIZ_TLS_KEY_FILE`, `TAMIZ_S3_BUCKET` and `TAMIZ_S3_PREFIX` override the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -232,6 +232,50 @@ pub struct AuthConfig {
     /// The same limit for failed sign-ins from one address, whatever the names.
     pub signin_max_failures_per_address: u32,
     pub signin_window_secs: u64,
+    /// An OIDC identity provider whose bearer JWTs are accepted beside API tokens.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[auth.oidc]`: bearer JWTs signed by `issuer`'s keys for `audience`; role and
+/// center from the named claims.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The `iss` the tokens must carry; also where discovery is read
+    /// (`{issuer}/.well-known/openid-configuration`) unless `jwks_url` is set.
+    pub issuer: String,
+    /// The `aud` the tokens must carry (tamiz's client id at the provider).
+    pub audience: String,
+    pub jwks_url: Option<String>,
+    /// The claim holding the tamiz role [tamiz_role].
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// The claim holding the center of an imaging-center or radiologist user
+    /// [tamiz_center].
+    #[serde(default = "default_center_claim")]
+    pub center_claim: String,
+    /// The claim naming the person (readings and the audit log record it)
+    /// [preferred_username, else sub].
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// A token naming a key the fetched JWKS lacks (the provider rotated its keys)
+    /// fetches it again, at most once per this many seconds [60].
+    #[serde(default = "default_jwks_refetch_secs")]
+    pub jwks_refetch_secs: u64,
+}
+
+fn default_jwks_refetch_secs() -> u64 {
+    60
+}
+
+fn default_role_claim() -> String {
+    "tamiz_role".into()
+}
+fn default_center_claim() -> String {
+    "tamiz_center".into()
+}
+fn default_name_claim() -> String {
+    "preferred_username".into()
 }
 
 impl Default for AuthConfig {
@@ -242,6 +286,7 @@ impl Default for AuthConfig {
             signin_max_failures: 5,
             signin_max_failures_per_address: 50,
             signin_window_secs: 900,
+            oidc: None,
         }
     }
 }
@@ -454,6 +499,12 @@ impl Config {
         }
         if let Ok(file) = std::env::var("TAMIZ_TOKEN_KEY_FILE") {
             self.auth.token_key_file = Some(file.into());
+        }
+        if let Ok(file) = std::env::var("TAMIZ_TLS_CERT_FILE") {
+            self.server.tls_cert_file = Some(file.into());
+        }
+        if let Ok(file) = std::env::var("TAMIZ_TLS_KEY_FILE") {
+            self.server.tls_key_file = Some(file.into());
         }
         if let Ok(addr) = std::env::var("TAMIZ_HTTP_ADDR") {
             self.server.http_addr = addr;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::api::iso_time;
-use crate::auth::{add_user, TokenKey};
+use crate::auth::{add_user, set_password, TokenKey};
 use crate::catalog::{Catalog, Role};
 use crate::config::Config;
 use crate::dataset::{SYNTH_COLUMNS, SYNTH_ROWS};
@@ -45,6 +45,7 @@ struct DemoUser {
     role: Role,
     center: Option<String>,
     token: String,
+    password: String,
 }
 
 /// One user per role: an uploader per imaging center, a radiologist per diagnosis
@@ -71,11 +72,14 @@ async fn demo_users(config: &Config, catalog: &Catalog) -> anyhow::Result<Vec<De
     let mut users = Vec::new();
     for (name, role, center) in wanted {
         let token = add_user(catalog, &key, config, &name, role, center.as_deref()).await?;
+        let password = format!("demo-{}", hex::encode(rand::random::<[u8; 6]>()));
+        set_password(catalog, &name, &password).await?;
         users.push(DemoUser {
             name,
             role,
             center,
             token,
+            password,
         });
     }
     Ok(users)
@@ -288,20 +292,24 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    println!("\nSign in as each role with its API token (Authorization: Bearer TOKEN):");
+    println!(
+        "\nDemo users, one per role: sign in on the sign-in page (/signin) with the password,\n\
+         or call the API with the token (Authorization: Bearer TOKEN):"
+    );
     for u in &users {
         println!(
-            "  {:<24} {:<15} {:<10} {}",
+            "  {:<24} {:<15} {:<10} {:<18} {}",
             u.name,
             u.role.as_str(),
             u.center.as_deref().unwrap_or("-"),
+            u.password,
             u.token
         );
     }
     if opts.keep_serving {
         let radiologist = format!("radiologist-{}", config.default_diagnosis_center);
         println!(
-            "\nserving on {url} until Ctrl-C; try:\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/summary\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/centers/{}/worklist",
+            "\nserving on {url} until Ctrl-C; open {url}/signin in a browser, or try:\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/summary\n  curl -H 'Authorization: Bearer {}' {url}/api/v1/centers/{}/worklist",
             token_of("coordinator"),
             token_of(&radiologist),
             config.default_diagnosis_center

@@ -7,6 +7,10 @@
 //! connection waits for its next request, so idle connections are closed too); past
 //! `limits.max_connections` new connections are closed at once. Request bodies that
 //! stall are cut by the router's body timeout ([`crate::api::router`]).
+//!
+//! With a certificate and key configured the listener speaks TLS only (rustls): the
+//! handshake must finish within the same header timeout, and a client that speaks
+//! plain HTTP to it is closed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +24,36 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
 use crate::config::Limits;
+
+/// The TLS acceptor of the certificate chain and key in these PEM files.
+pub fn tls_acceptor(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("reading the certificate chain {}: {e}", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("reading the private key {}: {e}", key_file.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS protocol versions: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
 
 /// How long a drain waits for requests in progress before closing their connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,8 +63,10 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &Limits,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let handshake_timeout = Duration::from_secs(limits.header_timeout_secs);
     let mut stop = std::pin::pin!(async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     });
@@ -69,10 +104,34 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
             });
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-        let conn = graceful.watch(conn);
+        let service = TowerToHyperService::new(app);
+        let (http, tls, watcher) = (http.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(tls_stream), service))
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

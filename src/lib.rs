@@ -47,6 +47,7 @@ pub mod inbox;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod oidc;
 pub mod parallel;
 pub mod preprocess;
 pub mod routing;

@@ -52,6 +52,10 @@ enum Command {
         /// gateway may name one; an imaging-center token uploads for its own center.
         #[arg(long)]
         center: Option<String>,
+        /// Also trust the CA certificate(s) in this PEM file (a server whose
+        /// certificate a private CA signed); the system's CAs are always trusted.
+        #[arg(long, env = "TAMIZ_CA_CERT")]
+        ca_cert: Option<PathBuf>,
         /// Files or folders (walked recursively).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -216,12 +220,14 @@ fn main() -> anyhow::Result<()> {
             url,
             token,
             center,
+            ca_cert,
             paths,
         } => {
-            let report = rt.block_on(tamiz::upload::upload(
+            let report = rt.block_on(tamiz::upload::upload_with(
                 &url,
                 &token,
                 center.as_deref(),
+                ca_cert.as_deref(),
                 &paths,
                 true,
             ))?;

@@ -43,9 +43,14 @@ impl RunningServer {
         }
     }
 
-    /// `http://ADDR` of the listener.
+    /// `http://ADDR` of the listener (`https://` under TLS).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.config.server.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -122,11 +127,30 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         config: config.clone(),
         model: loaded_model,
         token_key,
+        oidc: crate::oidc::OidcVerifier::from_config(&config).map(Arc::new),
     });
     let addr = listener.local_addr()?;
+    let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            crate::http::tls_acceptor(cert, key)
+                .map_err(anyhow::Error::msg)
+                .context("setting up TLS for the HTTP listener")?,
+        ),
+        _ => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    %addr,
+                    "serving plain HTTP on an address that is not loopback: credentials and \
+                     patient data cross the network unencrypted; set server.tls_cert_file and \
+                     server.tls_key_file, or put a TLS proxy in front and listen on loopback"
+                );
+            }
+            None
+        }
+    };
     let (limits, http_shutdown) = (config.limits.clone(), shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
-        crate::http::serve(listener, app, &limits, http_shutdown).await;
+        crate::http::serve(listener, app, &limits, tls, http_shutdown).await;
     }));
     tracing::info!(%addr, data_dir = %data.display(), "tamiz serving");
     Ok(RunningServer {

@@ -88,19 +88,40 @@ pub async fn upload(
     paths: &[PathBuf],
     print: bool,
 ) -> anyhow::Result<UploadReport> {
+    upload_with(base_url, token, center, None, paths, print).await
+}
+
+/// [`upload`], trusting also the CA certificate(s) in PEM file `ca_cert` (a server
+/// whose certificate a private CA signed).
+pub async fn upload_with(
+    base_url: &str,
+    token: &str,
+    center: Option<&str>,
+    ca_cert: Option<&std::path::Path>,
+    paths: &[PathBuf],
+    print: bool,
+) -> anyhow::Result<UploadReport> {
     let files = collect_files(paths)?;
     let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
         .map_err(|_| anyhow::anyhow!("the API token holds characters a header cannot carry"))?;
     auth.set_sensitive(true);
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .default_headers(
             [(reqwest::header::AUTHORIZATION, auth)]
                 .into_iter()
                 .collect(),
-        )
-        .build()
-        .context("building the HTTP client")?;
+        );
+    if let Some(file) = ca_cert {
+        let pem = std::fs::read(file)
+            .with_context(|| format!("reading the CA certificate {}", file.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", file.display()))?
+        {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client.build().context("building the HTTP client")?;
     let url = format!("{}/dicomweb/studies", base_url.trim_end_matches('/'));
     let mut report = UploadReport::default();
     let emit = |r: FileResult, report: &mut UploadReport| {
@@ -216,7 +237,7 @@ async fn send_batch_once(
             req = req.header(crate::api::CENTER_HEADER, c);
         }
         let resp = req.send().await.map_err(|e| Retryable {
-            message: format!("sending to {url}: {e}"),
+            message: format!("sending to {url}: {}", error_chain(&e)),
             retry_after: None,
             response: None,
         })?;
@@ -367,4 +388,20 @@ fn map_response(
             }
         })
         .collect()
+}
+
+/// An error and its causes, `: `-joined (reqwest's own text hides why a request could
+/// not be sent, such as a certificate the client does not trust).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }

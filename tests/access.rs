@@ -606,7 +606,7 @@ async fn the_audit_log_is_append_only_on_every_backend() {
         use_fresh_catalog(&mut config, backend, &dir.path().join("secrets")).await;
         let catalog = Catalog::open(&config).await.unwrap();
         let who = Identity {
-            user_id: 1,
+            user_id: Some(1),
             name: "ana".into(),
             role: Role::Radiologist,
             center: Some("central".into()),
@@ -668,7 +668,7 @@ async fn the_audit_log_is_append_only_on_every_backend() {
 }
 
 #[tokio::test]
-async fn tokens_never_reach_the_server_log() {
+async fn tokens_and_passwords_never_reach_the_server_log() {
     let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
     let config = t.dir.path().join("api.toml");
     std::fs::write(&config, "[worker]\nconcurrency = 0\n").unwrap();
@@ -721,6 +721,51 @@ async fn tokens_never_reach_the_server_log() {
         }
         let _ = user;
     }
+    // A sign-in with a wrong and then the right password, through the sign-in form.
+    let password = "a passphrase nobody logs";
+    tamiz::auth::set_password(&t.server.catalog, "radiologist-central", password)
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for attempt in ["wrong passphrase 123", password] {
+        let form = http.get(format!("{url}/signin")).send().await.unwrap();
+        let cookie = form.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let html = form.text().await.unwrap();
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned();
+        let resp = http
+            .post(format!("{url}/signin"))
+            .header("Cookie", cookie)
+            .form(&[
+                ("name", "radiologist-central"),
+                ("password", attempt),
+                ("csrf", &csrf),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let expected = if attempt == password { 303 } else { 401 };
+        assert_eq!(resp.status().as_u16(), expected);
+        if let Some(session) = resp.headers().get("set-cookie") {
+            sent.insert(
+                "session",
+                session.to_str().unwrap()["tamiz_session=".len()..][..64].to_owned(),
+            );
+        }
+    }
     terminate(&mut node);
     let out = node.wait_with_output().unwrap();
     let log = format!(
@@ -730,11 +775,15 @@ async fn tokens_never_reach_the_server_log() {
     );
     assert!(log.contains("tamiz serving"), "the log was captured: {log}");
     for token in sent.values() {
-        // Not the token, nor its secret part.
+        // Not the token (or session cookie), nor its secret part.
         assert!(
             !log.contains(&token[3..]),
             "a token reached the log:\n{log}"
         );
+    }
+    assert!(log.contains("signed in"), "the sign-in was logged: {log}");
+    for p in ["wrong passphrase 123", password] {
+        assert!(!log.contains(p), "a password reached the log:\n{log}");
     }
 }
 

@@ -286,6 +286,41 @@ async fn a_session_works_until_sign_out_and_every_change_needs_its_csrf_token() 
         get(&t, "/api/v1/centers/central/worklist", &c3).await.0,
         200
     );
+    // A session past its expiry is refused like an ended one.
+    let key = tamiz::auth::TokenKey::load(&t.server.config).unwrap();
+    let stale = format!("ts_{}", "5".repeat(64));
+    let record = t
+        .server
+        .catalog
+        .password_record("dr-ana")
+        .await
+        .unwrap()
+        .unwrap();
+    let now = tamiz::now_ms();
+    t.server
+        .catalog
+        .create_session(
+            record.identity.user_id.unwrap(),
+            &key.hash(&stale),
+            "csrf",
+            now - 7_200_000,
+            now - 1,
+        )
+        .await
+        .unwrap();
+    let (status, err) = get(
+        &t,
+        "/api/v1/centers/central/worklist",
+        &format!("tamiz_session={stale}"),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (
+            401,
+            Some("the session has ended or expired: sign in again at /signin")
+        )
+    );
     t.server
         .catalog
         .set_user_disabled("dr-ana", true)

@@ -70,6 +70,7 @@ fn app() -> &'static App {
                 config,
                 model: None,
                 token_key,
+                oidc: None,
             });
             (router, format!("Bearer {token}"))
         });

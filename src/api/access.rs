@@ -167,6 +167,29 @@ pub async fn authenticate(
         ));
     }
     let token = token.trim();
+    if let Some(oidc) = state.oidc.as_ref() {
+        if crate::oidc::OidcVerifier::is_jwt_shaped(token) {
+            let config = &state.config;
+            let center_ok = |role: Role, c: &str| match role {
+                Role::ImagingCenter => config.imaging_center(c).is_some(),
+                Role::Radiologist => config.diagnosis_centers.iter().any(|d| d.id == c),
+                _ => false,
+            };
+            return match oidc.verify(token, center_ok).await {
+                Ok(identity) => Ok((identity, None)),
+                Err(e @ crate::oidc::OidcError::Refused(_)) => {
+                    Err(ApiError::unauthorized(e.to_string()))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "OIDC keys");
+                    Err(ApiError::unavailable(
+                        "the identity provider's signing keys could not be fetched (see server log); retry later",
+                        10,
+                    ))
+                }
+            };
+        }
+    }
     if !crate::auth::is_token_shaped(token) {
         return Err(ApiError::unauthorized(
             "the bearer token is not a tamiz API token",

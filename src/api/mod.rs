@@ -36,6 +36,8 @@ pub struct AppState {
     pub model: Option<String>,
     /// The key API tokens are checked with.
     pub token_key: TokenKey,
+    /// Checks bearer JWTs of `[auth.oidc]`'s provider, where one is configured.
+    pub oidc: Option<std::sync::Arc<crate::oidc::OidcVerifier>>,
 }
 
 const UPLOADERS: &[Role] = &[Role::ImagingCenter, Role::Admin];

@@ -262,10 +262,16 @@ async fn start_session(state: &AppState, identity: &Identity) -> Result<HeaderVa
     let csrf = hex::encode(rand::random::<[u8; 32]>());
     let now = crate::now_ms();
     let secs = state.config.auth.session_hours as i64 * 3600;
+    let user_id = identity.user_id.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a password user without a row",
+        )
+    })?;
     state
         .catalog
         .create_session(
-            identity.user_id,
+            user_id,
             &state.token_key.hash(&value),
             &csrf,
             now,

@@ -62,7 +62,7 @@ impl Catalog {
         row.map(|(user_id, name, role, center, password_hash, disabled)| {
             Ok(PasswordRecord {
                 identity: Identity {
-                    user_id,
+                    user_id: Some(user_id),
                     name,
                     role: RoleText::try_from(role)?.0,
                     center,
@@ -121,7 +121,7 @@ impl Catalog {
         row.map(|(user_id, name, role, center, csrf_token)| {
             Ok(SessionIdentity {
                 identity: Identity {
-                    user_id,
+                    user_id: Some(user_id),
                     name,
                     role: RoleText::try_from(role)?.0,
                     center,

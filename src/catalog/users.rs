@@ -72,7 +72,8 @@ impl TryFrom<String> for RoleText {
 /// Who a request acts for, from a valid token of an enabled user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub user_id: i64,
+    /// The user's row; `None` for a person signed in through the OIDC provider.
+    pub user_id: Option<i64>,
     pub name: String,
     pub role: Role,
     pub center: Option<String>,
@@ -190,7 +191,7 @@ impl Catalog {
         });
         row.map(|(user_id, name, role, center)| {
             Ok(Identity {
-                user_id,
+                user_id: Some(user_id),
                 name,
                 role: RoleText::try_from(role)?.0,
                 center,
