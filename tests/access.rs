@@ -474,29 +474,17 @@ async fn strangers_other_centers_and_dead_tokens_are_refused_with_the_reason() {
     t.stop().await;
 }
 
-/// The audit rows of `user` so far.
-async fn rows_of(catalog: &Catalog, user: &str) -> Vec<tamiz::catalog::AuditRow> {
-    catalog
-        .audit_log(&AuditQuery {
-            user: Some(user.into()),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn each_read_or_change_of_patient_data_leaves_exactly_one_audit_row() {
     let t = TestServer::start().await;
     let (study, _) = central_study(&t, 521).await;
     let c = &t.server.catalog;
     let r = "radiologist-central";
-    assert!(rows_of(c, r).await.is_empty());
+    assert!(audit_rows(c, r).await.is_empty());
 
     let (code, _) = t.get_json_as(r, &format!("/api/v1/studies/{study}")).await;
     assert_eq!(code, 200);
-    let rows = rows_of(c, r).await;
+    let rows = audit_rows(c, r).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(
         (
@@ -540,7 +528,7 @@ async fn each_read_or_change_of_patient_data_leaves_exactly_one_audit_row() {
         )
         .await;
     assert_eq!(code, 200);
-    let actions: Vec<(String, Option<String>, Option<i64>)> = rows_of(c, r)
+    let actions: Vec<(String, Option<String>, Option<i64>)> = audit_rows(c, r)
         .await
         .into_iter()
         .map(|row| (row.action, row.study_uid, row.item_id))
@@ -571,9 +559,9 @@ async fn each_read_or_change_of_patient_data_leaves_exactly_one_audit_row() {
         204
     );
     assert_eq!(t.get_json_as("coordinator", "/api/v1/summary").await.0, 200);
-    assert!(rows_of(c, "radiologist-north").await.is_empty());
-    assert!(rows_of(c, "coordinator").await.is_empty());
-    assert_eq!(rows_of(c, r).await.len(), 6);
+    assert!(audit_rows(c, "radiologist-north").await.is_empty());
+    assert!(audit_rows(c, "coordinator").await.is_empty());
+    assert_eq!(audit_rows(c, r).await.len(), 6);
 
     // Admins read the log by user, study and time over HTTP.
     let (code, log) = t

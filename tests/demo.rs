@@ -2,7 +2,11 @@
 //! stay quick): it ends with worklists, the summary and a working sign-in for each
 //! demo user.
 
+mod common;
+
 use std::process::Command;
+
+use common::succeeded;
 
 #[test]
 fn the_demo_runs_end_to_end_and_prints_a_user_per_role() {
@@ -19,12 +23,7 @@ fn the_demo_runs_end_to_end_and_prints_a_user_per_role() {
         .env_remove("TAMIZ_PSEUDONYM_SALT_FILE")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     for line in [
         "uploaded 4 files, 4 stored, 0 failed",
         "Worklist of",

@@ -13,7 +13,6 @@ use axum::routing::get;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tamiz::catalog::AuditQuery;
 use tamiz::config::OidcConfig;
 
 /// base64url without padding (the JWK encoding of key numbers).
@@ -158,16 +157,7 @@ async fn jwts_of_the_configured_issuer_sign_people_in_and_every_wrong_one_is_ref
         (code, err["error"].as_str()),
         (403, Some("a radiologist user of central may not use the worklist of diagnosis center `north`"))
     );
-    let rows = t
-        .server
-        .catalog
-        .audit_log(&AuditQuery {
-            user: Some("dr-oidc".into()),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rows = audit_rows(&t.server.catalog, "dr-oidc").await;
     assert_eq!(
         rows.iter()
             .map(|r| (r.action.as_str(), r.role.as_str()))

@@ -308,12 +308,7 @@ async fn dicomweb_client_stores_a_study_over_chunked_stow_rs() {
     let t = TestServer::start().await;
     let p = plan(36, false);
     let files = study_files(&t.dir.path().join("in"), &p);
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} missing: run `scripts/setup.sh --test`",
-        python.display()
-    );
+    let python = venv_python();
     let script = r#"
 import sys, pydicom
 from dicomweb_client.api import DICOMwebClient
@@ -332,12 +327,7 @@ print(len(result.ReferencedSOPSequence))
         tokio::task::spawn_blocking(move || Command::new(python).args(&args).output().unwrap())
             .await
             .unwrap();
-    assert!(
-        out.status.success(),
-        "dicomweb-client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4");
+    assert_eq!(succeeded(&out).trim(), "4");
     assert!(
         t.wait_worklisted(&p.study_uid)
             .await

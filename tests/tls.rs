@@ -87,25 +87,6 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (f("ca.pem"), f("server.pem"), f("key.pem"))
 }
 
-/// `python -c SCRIPT ARGS...` in the test venv; its stdout.
-fn python(script: &str, args: &[&str]) -> String {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
-    assert!(python.exists(), "run scripts/setup.sh --test");
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn the_listener_speaks_tls_with_the_configured_certificate_and_cookies_are_secure() {
     let certs = tempfile::tempdir().unwrap();
@@ -184,12 +165,7 @@ print("tls version", ctx.wrap_socket(__import__("socket").create_connection((url
     })
     .await
     .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("stored")).count(),
         4,
@@ -219,7 +195,9 @@ fn serve_stderr(t: &TestServer, config: &Path, addr: &str) -> (Option<i32>, Stri
             );
         }
         let port = addr.rsplit(':').next().unwrap();
-        if std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_ok() {
+        // Up once /healthz answers: start-up (and its warnings) is over. The port
+        // accepts connections earlier, while the server is still starting.
+        if healthz_ok(&format!("127.0.0.1:{port}")) {
             let _ = Command::new("kill").arg(child.id().to_string()).status();
             let out = child.wait_with_output().unwrap();
             return (None, String::from_utf8_lossy(&out.stderr).into_owned());
@@ -230,6 +208,23 @@ fn serve_stderr(t: &TestServer, config: &Path, addr: &str) -> (Option<i32>, Stri
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Whether plain-HTTP `GET /healthz` at `addr` answers 200.
+fn healthz_ok(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/1.1 200")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

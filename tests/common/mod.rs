@@ -486,3 +486,54 @@ pub fn first(item: &Value, tag: &str) -> Value {
         .cloned()
         .unwrap_or(Value::Null)
 }
+
+/// The test venv's Python (pydicom, dicomweb-client, selenium; scripts/setup.sh --test).
+pub fn venv_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `scripts/setup.sh --test`",
+        python.display()
+    );
+    python
+}
+
+/// `python -c SCRIPT ARGS...` in the test venv; its stdout (the test fails, with both
+/// outputs, unless it succeeded).
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python");
+    succeeded(&out)
+}
+
+/// The stdout of a finished command; the test fails, with both outputs, unless it
+/// exited 0.
+pub fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the command failed ({}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The audit rows of `user` so far, oldest first.
+pub async fn audit_rows(
+    catalog: &tamiz::catalog::Catalog,
+    user: &str,
+) -> Vec<tamiz::catalog::AuditRow> {
+    catalog
+        .audit_log(&tamiz::catalog::AuditQuery {
+            user: Some(user.into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("read the audit log")
+}
