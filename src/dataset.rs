@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::dicom::pixels::decode_display;
 use crate::parallel::{parallel_map, threads};
-use crate::preprocess::{preprocess, PreprocessSpec};
+use crate::preprocess::{preprocess_oriented, Orientation, PreprocessSpec};
 use crate::synth::{plan_studies, study_objects, write_study, Finding, StudyPlan};
 
 /// Synthetic matrix for demo, training and evaluation: half the detector resolution of
@@ -103,7 +103,11 @@ pub fn write_training_set(
                 study_objects(p)
                     .into_iter()
                     .map(|(lat, _, obj)| {
-                        Ok((p.view_label(lat), preprocess(decode_display(&obj)?, spec)))
+                        let oriented = Orientation::of(&obj);
+                        Ok((
+                            p.view_label(lat),
+                            preprocess_oriented(decode_display(&obj)?, spec, oriented),
+                        ))
                     })
                     .collect()
             },

@@ -15,7 +15,8 @@ use crate::config::{Limits, TriageConfig};
 use crate::dicom::meta::extract;
 use crate::model::Model;
 use crate::triage::{classify, Priority};
-use crate::worker::{name_scores, pick_views, prepare_batch};
+use crate::views::select;
+use crate::worker::{name_scores, prepare_batch};
 
 /// Per-study result of an evaluation.
 #[derive(Debug, Clone)]
@@ -123,13 +124,7 @@ pub fn evaluate(
         by_study
             .entry(meta.study_uid.clone())
             .or_default()
-            .push(StoredInstance {
-                sop_uid: meta.sop_instance_uid,
-                laterality: meta.laterality.as_str().into(),
-                view: meta.view.as_str().into(),
-                object_key: f.display().to_string(),
-                received_ms: 0,
-            });
+            .push(StoredInstance::from_meta(&meta, f.display().to_string(), 0));
     }
     if by_study.is_empty() {
         bail!(
@@ -141,19 +136,29 @@ pub fn evaluate(
     let mut studies = Vec::new();
     let (mut views, mut infer_time) = (0usize, 0f64);
     for (uid, instances) in by_study {
-        let (picked, missing) = pick_views(&instances);
+        let selection = select(&instances, &model.card.input);
+        if let Some(why) = selection.refusal {
+            bail!("study {uid} cannot be scored: {why}");
+        }
+        let picked = selection.scored;
         let views_bytes = picked
             .iter()
             .map(|v| Ok((v.clone(), std::fs::read(&v.object_key)?)))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let (names, batch) = prepare_batch(&views_bytes, &spec, crate::parallel::threads())
+        let batch = prepare_batch(&views_bytes, &spec, crate::parallel::threads())
             .map_err(|e| anyhow::anyhow!("study {uid}: {e}"))?;
         let t0 = Instant::now();
         let scores = model.infer_blocking(batch, picked.len())?;
         infer_time += t0.elapsed().as_secs_f64();
         views += picked.len();
-        let vs = name_scores(names, scores);
-        let t = classify(&vs, &missing, &model.card.operating_points, triage_cfg, 0);
+        let vs = name_scores(&picked, scores);
+        let t = classify(
+            &vs,
+            &selection.missing,
+            &model.card.operating_points,
+            triage_cfg,
+            0,
+        );
         studies.push(StudyScore {
             label: labels[&uid],
             study_uid: uid,

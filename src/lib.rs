@@ -57,6 +57,7 @@ pub mod storage;
 pub mod synth;
 pub mod triage;
 pub mod upload;
+pub mod views;
 pub mod worker;
 
 /// Wall-clock time as Unix epoch milliseconds (the catalog's time unit).

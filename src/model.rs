@@ -49,6 +49,10 @@ pub struct ModelCard {
     /// The `.onnx` file, relative to the card.
     pub onnx: PathBuf,
     pub io: IoSpec,
+    /// The images the model was made for; view selection and the input checks
+    /// hold every view to it.
+    #[serde(default)]
+    pub input: InputSpec,
     pub preprocess: PreprocessSpec,
     pub operating_points: OperatingPoints,
     /// How the model was trained and evaluated (free-form, shown by `tamiz evaluate`).
@@ -67,6 +71,27 @@ pub struct IoSpec {
     pub output: String,
     /// `probability` (already in [0,1]) or `logit` (sigmoid applied here).
     pub output_kind: OutputKind,
+}
+
+/// The model's intended input, as its card states it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The Presentation Intents it scores: `["presentation"]` unless it was trained on
+    /// raw detector data too.
+    pub intent: Vec<crate::dicom::Intent>,
+    /// Whether it was trained on breasts with an implant in view. When not, an implant
+    /// exam is scored on its implant-displaced views only.
+    pub implants: bool,
+}
+
+impl Default for InputSpec {
+    fn default() -> Self {
+        InputSpec {
+            intent: vec![crate::dicom::Intent::Presentation],
+            implants: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 //!
 //! The same function feeds training (`tamiz dataset`), evaluation and the worker, so
 //! the model never sees pixels prepared differently from the ones it was trained on.
-//! Steps: orient (chest wall on the left), crop to the breast, pad to the input aspect
+//! Steps: orient (chest wall on the left, head up: from Patient Orientation where the
+//! image says, else the denser half is the chest wall), crop to the breast, pad to the input aspect
 //! ratio, resize with a triangle filter whose support widens with the shrink factor
 //! (so it averages: small bright calcifications are dimmed, not dropped), normalize.
 //!
@@ -29,6 +30,52 @@ pub struct PreprocessSpec {
     /// `(value - mean) / std` after resizing.
     pub mean: f32,
     pub std: f32,
+}
+
+/// How a view lies, from Patient Orientation (0020,0020) where the image says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Orientation {
+    /// The chest wall is on the right, so the view is mirrored; `None` when the image
+    /// does not say (the denser half is taken for the chest wall).
+    pub chest_wall_right: Option<bool>,
+    /// The columns run toward the head (an MLO stored upside down): turned over.
+    pub upside_down: bool,
+}
+
+impl Orientation {
+    /// Reads Patient Orientation: the direction of the rows, then of the columns
+    /// (PS3.3 C.7.6.1.1.1), each from A, P, R, L, H, F. Rows toward A(nterior) put the
+    /// chest wall on the left, toward P(osterior) on the right; columns toward H(ead)
+    /// mean the image is upside down. Anything else (CBIS-DDSM writes "CC" or "MLO"
+    /// there) says nothing.
+    pub fn from_patient_orientation(value: Option<&str>) -> Orientation {
+        let Some((row, column)) = value.and_then(|v| v.split_once('\\')) else {
+            return Orientation::default();
+        };
+        let (row, column) = (
+            row.trim().to_ascii_uppercase(),
+            column.trim().to_ascii_uppercase(),
+        );
+        let chest_wall_right = match row.chars().next() {
+            Some('A') => Some(false),
+            Some('P') => Some(true),
+            _ => None,
+        };
+        Orientation {
+            chest_wall_right,
+            upside_down: column.starts_with('H'),
+        }
+    }
+
+    /// The orientation a DICOM image states.
+    pub fn of(obj: &dicom_object::DefaultDicomObject) -> Orientation {
+        let value = obj
+            .element(dicom_dictionary_std::tags::PATIENT_ORIENTATION)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|v| v.into_owned());
+        Orientation::from_patient_orientation(value.as_deref())
+    }
 }
 
 /// Per-column intensity sums and per-row/column counts of pixels above the threshold.
@@ -111,15 +158,32 @@ fn taps(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
 }
 
 /// Prepares one view for the model: returns `height * width` normalized values.
+/// The orientation is the denser-half guess; see [`preprocess_oriented`].
 pub fn preprocess(img: GrayImage, spec: &PreprocessSpec) -> Vec<f32> {
+    preprocess_oriented(img, spec, Orientation::default())
+}
+
+/// [`preprocess`] with the orientation the image states: its mirror and turn-over
+/// are applied as stated; only an unstated side falls back to the denser half.
+pub fn preprocess_oriented(
+    img: GrayImage,
+    spec: &PreprocessSpec,
+    orientation: Orientation,
+) -> Vec<f32> {
     let (w, h) = (img.width, img.height);
     if w == 0 || h == 0 {
         return vec![(0.0 - spec.mean) / spec.std; spec.height * spec.width];
     }
     let mut p = profile(&img, spec.crop_threshold);
-    let flip = chest_wall_right(&p.col_sum);
+    let flip = orientation
+        .chest_wall_right
+        .unwrap_or_else(|| chest_wall_right(&p.col_sum));
     if flip {
         p.col_count.reverse();
+    }
+    let upside_down = orientation.upside_down;
+    if upside_down {
+        p.row_count.reverse();
     }
     // Crop box in oriented coordinates; the whole image when nothing passes.
     let (x0, y0, x1, y1) = match (
@@ -146,7 +210,12 @@ pub fn preprocess(img: GrayImage, spec: &PreprocessSpec) -> Vec<f32> {
     let mut horizontal = vec![0.0f32; ch * spec.width];
     let mut row_buf = vec![0.0f32; pw];
     for y in 0..ch {
-        let src = &img.data[(y0 + y) * w..(y0 + y + 1) * w];
+        let sy = if upside_down {
+            h - 1 - (y0 + y)
+        } else {
+            y0 + y
+        };
+        let src = &img.data[sy * w..(sy + 1) * w];
         if flip {
             for (x, v) in row_buf[..cw].iter_mut().enumerate() {
                 *v = src[w - 1 - (x0 + x)];
@@ -206,6 +275,91 @@ mod tests {
             mean: 0.0,
             std: 1.0,
         }
+    }
+
+    #[test]
+    fn patient_orientation_is_read_and_only_directions_count() {
+        let o = |v: &str| Orientation::from_patient_orientation(Some(v));
+        assert_eq!(
+            o("A\\FR"),
+            Orientation {
+                chest_wall_right: Some(false),
+                upside_down: false
+            }
+        );
+        assert_eq!(
+            o("P\\FL"),
+            Orientation {
+                chest_wall_right: Some(true),
+                upside_down: false
+            }
+        );
+        assert_eq!(
+            o("P\\H"),
+            Orientation {
+                chest_wall_right: Some(true),
+                upside_down: true
+            }
+        );
+        assert_eq!(
+            o("a\\hl"),
+            Orientation {
+                chest_wall_right: Some(false),
+                upside_down: true
+            }
+        );
+        for says_nothing in ["MLO", "CC", "", "R\\F"] {
+            assert_eq!(o(says_nothing).chest_wall_right, None, "{says_nothing}");
+        }
+        assert_eq!(
+            Orientation::from_patient_orientation(None),
+            Orientation::default()
+        );
+    }
+
+    #[test]
+    fn a_stated_orientation_overrides_the_guess_and_turns_views_over() {
+        let s = spec(16, 8, 0.1);
+        // A breast on the right (the guess mirrors it), brighter towards the bottom.
+        let breast = |x: usize, y: usize| {
+            if x >= 4 {
+                0.2 + y as f32 / 40.0 + x as f32 / 20.0
+            } else {
+                0.0
+            }
+        };
+        let guessed = preprocess(img(8, 16, breast), &s);
+        // The image says its rows run toward posterior: the same mirror.
+        let stated = preprocess_oriented(
+            img(8, 16, breast),
+            &s,
+            Orientation {
+                chest_wall_right: Some(true),
+                upside_down: false,
+            },
+        );
+        assert_eq!(guessed, stated);
+        // Stored upside down and said so: the same input as the upright image.
+        let upside_down = |x: usize, y: usize| breast(x, 15 - y);
+        let turned = preprocess_oriented(
+            img(8, 16, upside_down),
+            &s,
+            Orientation {
+                chest_wall_right: None,
+                upside_down: true,
+            },
+        );
+        assert_eq!(guessed, turned);
+        // A stated side wins over the denser half: not mirrored.
+        let unmirrored = preprocess_oriented(
+            img(8, 16, breast),
+            &s,
+            Orientation {
+                chest_wall_right: Some(false),
+                upside_down: false,
+            },
+        );
+        assert_ne!(guessed, unmirrored);
     }
 
     #[test]

@@ -65,6 +65,8 @@ impl Priority {
 pub struct ViewScore {
     pub laterality: String,
     pub view: String,
+    /// The image scored (view selection picks one per view).
+    pub sop_uid: String,
     pub score: f32,
 }
 
@@ -155,6 +157,7 @@ mod tests {
         ViewScore {
             laterality: l.into(),
             view: v.into(),
+            sop_uid: format!("{l}-{v}"),
             score: s,
         }
     }

@@ -7,7 +7,6 @@
 //! dead-lettered and the study still goes out untriaged. Either way it reaches a
 //! worklist.
 
-use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,18 +19,20 @@ use crate::catalog::{Catalog, CatalogError, Job, JobOutcome, StoredInstance};
 use crate::config::Config;
 use crate::dicom::pixels::decode_display;
 use crate::model::Model;
-use crate::preprocess::{preprocess, PreprocessSpec};
+use crate::preprocess::{preprocess_oriented, Orientation, PreprocessSpec};
 use crate::routing::route;
 use crate::storage::ObjectStore;
 use crate::triage::{classify, untriaged, ViewScore};
 
 pub use crate::catalog::NewItem;
 
-/// The model's scores for a study, and the screening views it lacked.
+/// The model's scores for a study, the screening views it lacked and what view
+/// selection did (for the reason).
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub view_scores: Vec<ViewScore>,
     pub missing: Vec<String>,
+    pub notes: Vec<String>,
 }
 
 /// Why triage of a study did not produce scores.
@@ -225,13 +226,17 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
     let (outcome, mut item, error) = match result {
         Ok(scored) => {
             let card = &ctx.model.card;
-            let triage = classify(
+            let mut triage = classify(
                 &scored.view_scores,
                 &scored.missing,
                 &card.operating_points,
                 &ctx.config.triage,
                 received_ms,
             );
+            for note in &scored.notes {
+                triage.reason.push_str("; ");
+                triage.reason.push_str(note);
+            }
             let item = NewItem {
                 center: routed.center.clone(),
                 triage,
@@ -297,26 +302,6 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
     }
 }
 
-/// The four screening views in batch order, most recent instance per view.
-pub fn pick_views(instances: &[StoredInstance]) -> (Vec<StoredInstance>, Vec<String>) {
-    let mut latest: BTreeMap<(String, String), StoredInstance> = BTreeMap::new();
-    for i in instances
-        .iter()
-        .filter(|i| i.view == "CC" || i.view == "MLO")
-    {
-        latest.insert((i.laterality.clone(), i.view.clone()), i.clone());
-    }
-    let missing = ["R-CC", "L-CC", "R-MLO", "L-MLO"]
-        .iter()
-        .filter(|k| {
-            let (l, v) = k.split_once('-').expect("static keys");
-            !latest.contains_key(&(l.to_owned(), v.to_owned()))
-        })
-        .map(|s| s.to_string())
-        .collect();
-    (latest.into_values().collect(), missing)
-}
-
 /// Decodes and preprocesses one stored instance. Panics in the decoder are caught
 /// (dicom-rs's RLE reader panics on truncated data).
 pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, String> {
@@ -332,7 +317,7 @@ pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, Str
         let t0 = std::time::Instant::now();
         let img = decode_display(&obj).map_err(|e| e.to_string())?;
         let t1 = std::time::Instant::now();
-        let out = preprocess(img, spec);
+        let out = preprocess_oriented(img, spec, Orientation::of(&obj));
         let m = crate::metrics::metrics();
         m.observe_stage("decode", (t1 - t0).as_secs_f64());
         m.observe_stage("preprocess", t1.elapsed().as_secs_f64());
@@ -341,18 +326,14 @@ pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, Str
     .unwrap_or_else(|_| Err("the decoder crashed on corrupt pixel data".into()))
 }
 
-/// (laterality, view) of a batch entry, e.g. ("L", "CC").
-pub type ViewName = (String, String);
-
-/// Decodes and preprocesses a study's views into one batch, in order; returns the
-/// (laterality, view) of each. An error names the view that failed.
-/// Views are decoded on up to `threads` threads: a 13-megapixel view is ~100 ms of
-/// one core.
+/// Decodes and preprocesses a study's views into one batch, in order. An error names
+/// the view that failed. Views are decoded on up to `threads` threads: a 13-megapixel
+/// view is ~100 ms of one core.
 pub fn prepare_batch<B: AsRef<[u8]> + Sync>(
     views: &[(StoredInstance, B)],
     spec: &PreprocessSpec,
     threads: usize,
-) -> Result<(Vec<ViewName>, Vec<f32>), String> {
+) -> Result<Vec<f32>, String> {
     let tensors = crate::parallel::parallel_map(views, threads, |(v, bytes)| {
         prepare_view(bytes.as_ref(), spec)
             .map_err(|e| format!("{}-{} could not be decoded: {e}", v.laterality, v.view))
@@ -361,21 +342,18 @@ pub fn prepare_batch<B: AsRef<[u8]> + Sync>(
     for t in tensors {
         batch.extend_from_slice(&t?);
     }
-    let names = views
-        .iter()
-        .map(|(v, _)| (v.laterality.clone(), v.view.clone()))
-        .collect();
-    Ok((names, batch))
+    Ok(batch)
 }
 
-/// Pairs the model's scores with the views they belong to.
-pub fn name_scores(names: Vec<ViewName>, scores: Vec<f32>) -> Vec<ViewScore> {
-    names
-        .into_iter()
+/// Pairs the model's scores with the images they belong to.
+pub fn name_scores(views: &[StoredInstance], scores: Vec<f32>) -> Vec<ViewScore> {
+    views
+        .iter()
         .zip(scores)
-        .map(|((laterality, view), score)| ViewScore {
-            laterality,
-            view,
+        .map(|(v, score)| ViewScore {
+            laterality: v.laterality.clone(),
+            view: v.view.clone(),
+            sop_uid: v.sop_uid.clone(),
             score,
         })
         .collect()
@@ -388,12 +366,11 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         .study_instances(&job.study_uid)
         .await
         .map_err(|e| StudyError::Transient(e.to_string()))?;
-    let (views, missing) = pick_views(&instances);
-    if views.is_empty() {
-        return Err(StudyError::Permanent(
-            "no CC or MLO view in the study".into(),
-        ));
+    let selection = crate::views::select(&instances, &ctx.model.card.input);
+    if let Some(why) = selection.refusal {
+        return Err(StudyError::Permanent(why));
     }
+    let views = selection.scored;
     let started = std::time::Instant::now();
     // All views are fetched concurrently: object-store latency overlaps.
     let fetched = futures_util::future::try_join_all(views.iter().map(|v| async move {
@@ -412,11 +389,10 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         0 => crate::parallel::threads(),
         t => t,
     };
-    let (names, batch) =
-        tokio::task::spawn_blocking(move || prepare_batch(&fetched, &spec, threads))
-            .await
-            .map_err(|e| StudyError::Transient(format!("preprocessing task failed: {e}")))?
-            .map_err(StudyError::Permanent)?;
+    let batch = tokio::task::spawn_blocking(move || prepare_batch(&fetched, &spec, threads))
+        .await
+        .map_err(|e| StudyError::Transient(format!("preprocessing task failed: {e}")))?
+        .map_err(StudyError::Permanent)?;
     let prepared_at = started.elapsed();
     let scores = ctx
         .model
@@ -431,9 +407,9 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         views = n,
         "study scored"
     );
-    let view_scores = name_scores(names, scores);
     Ok(Scored {
-        view_scores,
-        missing,
+        view_scores: name_scores(&views, scores),
+        missing: selection.missing,
+        notes: selection.notes,
     })
 }

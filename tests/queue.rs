@@ -29,6 +29,7 @@ fn meta(study: &str, sop: &str, lat: Laterality, view: View) -> InstanceMeta {
         patient_id: "P1".into(),
         patient_issuer: String::new(),
         institution_name: None,
+        acquisition: Default::default(),
     }
 }
 
@@ -88,6 +89,62 @@ fn item(center: &str, priority: Priority, due: i64) -> NewItem {
         model_version: Some(MODEL.into()),
         reason: "test".into(),
     }
+}
+
+/// Inserts one instance; returns whether it made its study ready.
+async fn insert(c: &Catalog, m: &InstanceMeta) -> bool {
+    let out = c
+        .insert_instance(m, None, "k", 1, &m.sop_instance_uid, MODEL, 1000)
+        .await
+        .unwrap();
+    matches!(out, InsertOutcome::Inserted { study_ready: true })
+}
+
+#[tokio::test]
+async fn only_scorable_screening_views_complete_a_study() {
+    use tamiz::dicom::{Implant, Intent};
+    on_every_backend!(|b| {
+        let (c, _d) = catalog(b).await;
+        let views = tamiz::synth::SCREENING_VIEWS;
+        // Four For Processing views, then a spot L-CC: not complete; then the
+        // For Presentation views: complete on the fourth.
+        for (i, (lat, view)) in views.iter().enumerate() {
+            let mut m = meta("7.1", &format!("7.1.1.{i}"), *lat, view.clone());
+            m.acquisition.intent = Intent::Processing;
+            assert!(!insert(&c, &m).await, "For Processing {i}");
+        }
+        let mut spot = meta("7.1", "7.1.3.0", Laterality::L, View::Cc);
+        spot.acquisition.modifiers = vec!["spot compression".into()];
+        assert!(!insert(&c, &spot).await);
+        for (i, (lat, view)) in views.iter().enumerate() {
+            let ready = insert(&c, &meta("7.1", &format!("7.1.2.{i}"), *lat, view.clone())).await;
+            assert_eq!(ready, i == 3, "For Presentation {i}");
+        }
+        // An implant exam is complete once its four implant-displaced views are in.
+        for (i, (lat, view)) in views.iter().enumerate() {
+            let mut m = meta("7.2", &format!("7.2.1.{i}"), *lat, view.clone());
+            m.acquisition.implant = Implant::Present;
+            assert!(!insert(&c, &m).await, "implant view {i}");
+        }
+        for (i, (lat, view)) in views.iter().enumerate() {
+            let mut m = meta("7.2", &format!("7.2.2.{i}"), *lat, view.clone());
+            m.acquisition.implant = Implant::Displaced;
+            assert_eq!(insert(&c, &m).await, i == 3, "displaced view {i}");
+        }
+        // What selection reads comes back as stored.
+        let stored = c.study_instances("7.1").await.unwrap();
+        let spot = stored.iter().find(|i| i.sop_uid == "7.1.3.0").unwrap();
+        assert_eq!(
+            (
+                spot.intent.as_str(),
+                spot.modifiers.as_str(),
+                spot.implant.as_str()
+            ),
+            ("presentation", "spot compression", "")
+        );
+        let raw = stored.iter().find(|i| i.sop_uid == "7.1.1.0").unwrap();
+        assert_eq!(raw.intent, "processing");
+    });
 }
 
 #[tokio::test]

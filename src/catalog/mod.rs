@@ -424,8 +424,8 @@ impl Catalog {
             }
             let inserted = sqlx::query(
                 "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, transfer_syntax, laterality, view,
-                     rows, columns, size_bytes, sha256, object_key, received_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                     rows, columns, size_bytes, sha256, object_key, received_ms, intent, modifiers, implant, acquired)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
                  ON CONFLICT (sop_uid) DO NOTHING",
             )
             .bind(&meta.sop_instance_uid)
@@ -441,6 +441,10 @@ impl Catalog {
             .bind(sha256)
             .bind(object_key)
             .bind(now_ms)
+            .bind(meta.acquisition.intent.as_str())
+            .bind(meta.acquisition.modifiers.join(", "))
+            .bind(meta.acquisition.implant.as_str())
+            .bind(&meta.acquisition.acquired)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -459,9 +463,14 @@ impl Catalog {
                     }
                 });
             }
+            // The views a screening read needs (src/views.rs): For Presentation, no
+            // work-up modifier, and in an implant exam the implant-displaced ones.
             let views: i64 = sqlx::query_scalar(
-                "SELECT COUNT(DISTINCT laterality || '-' || view) FROM instances
-                 WHERE study_uid = $1 AND view IN ('CC', 'MLO')",
+                "SELECT COUNT(DISTINCT laterality || '-' || view) FROM instances i
+                 WHERE study_uid = $1 AND view IN ('CC', 'MLO')
+                   AND intent = 'presentation' AND modifiers = ''
+                   AND (implant = 'displaced' OR NOT EXISTS (
+                       SELECT 1 FROM instances j WHERE j.study_uid = i.study_uid AND j.implant <> ''))",
             )
             .bind(&meta.study_uid)
             .fetch_one(&mut *tx)
@@ -512,20 +521,48 @@ impl Catalog {
 }
 
 /// One catalogued instance, as the worker needs it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredInstance {
     pub sop_uid: String,
     pub laterality: String,
     pub view: String,
     pub object_key: String,
     pub received_ms: i64,
+    /// "presentation" or "processing".
+    pub intent: String,
+    /// Work-up view modifiers, comma-separated; empty for a standard view.
+    pub modifiers: String,
+    /// "", "present" or "displaced".
+    pub implant: String,
+    /// Acquisition date-time digits; empty when unknown.
+    pub acquired: String,
+}
+
+impl StoredInstance {
+    /// The catalog's record of an instance read from `object_key` (for `tamiz
+    /// evaluate`, which scores files without a catalog).
+    pub fn from_meta(meta: &InstanceMeta, object_key: String, received_ms: i64) -> StoredInstance {
+        let a = &meta.acquisition;
+        StoredInstance {
+            sop_uid: meta.sop_instance_uid.clone(),
+            laterality: meta.laterality.as_str().into(),
+            view: meta.view.as_str().into(),
+            object_key,
+            received_ms,
+            intent: a.intent.as_str().into(),
+            modifiers: a.modifiers.join(", "),
+            implant: a.implant.as_str().into(),
+            acquired: a.acquired.clone(),
+        }
+    }
 }
 
 impl Catalog {
     pub async fn study_instances(&self, study_uid: &str) -> Result<Vec<StoredInstance>> {
         Ok(on_db!(&self.db, pool, pg => {
             sqlx::query_as(
-                "SELECT sop_uid, laterality, view, object_key, received_ms FROM instances
+                "SELECT sop_uid, laterality, view, object_key, received_ms, intent, modifiers, implant, acquired
+                 FROM instances
                  WHERE study_uid = $1 ORDER BY received_ms, sop_uid",
             )
             .bind(study_uid)

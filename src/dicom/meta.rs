@@ -100,6 +100,193 @@ pub struct InstanceMeta {
     pub patient_id: String,
     pub patient_issuer: String,
     pub institution_name: Option<String>,
+    /// What the image is for and how it was taken: what view selection reads.
+    pub acquisition: Acquisition,
+}
+
+/// Presentation Intent (PS3.3 C.8.11.7): raw detector data for a vendor's processing,
+/// or the processed image a radiologist reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Intent {
+    #[default]
+    Presentation,
+    Processing,
+}
+
+impl Intent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Intent::Presentation => "presentation",
+            Intent::Processing => "processing",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Intent> {
+        match s {
+            "presentation" => Some(Intent::Presentation),
+            "processing" => Some(Intent::Processing),
+            _ => None,
+        }
+    }
+}
+
+/// A breast implant in the image (Breast Implant Present (0028,1300) YES), and whether
+/// the view pushes it back (View Modifier "implant displaced", Eklund technique).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Implant {
+    #[default]
+    None,
+    Present,
+    Displaced,
+}
+
+impl Implant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Implant::None => "",
+            Implant::Present => "present",
+            Implant::Displaced => "displaced",
+        }
+    }
+    pub fn parse(s: &str) -> Implant {
+        match s {
+            "present" => Implant::Present,
+            "displaced" => Implant::Displaced,
+            _ => Implant::None,
+        }
+    }
+}
+
+/// The attributes that decide whether an image is one of the study's screening views
+/// and, among repeats, which one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acquisition {
+    pub intent: Intent,
+    /// View modifiers (CID 4015) other than "implant displaced", lower case, e.g.
+    /// "spot compression", "magnification": such an image is a work-up view.
+    pub modifiers: Vec<String>,
+    pub implant: Implant,
+    /// When the image was acquired, as DICOM date-time digits (`YYYYMMDDHHMMSS.FFFFFF`,
+    /// as much as the image states), empty when unknown. Orders repeated views.
+    pub acquired: String,
+}
+
+/// The name of a View Modifier for Mammography (CID 4015) by its SNOMED CT code or the
+/// legacy SNOMED RT code older modalities still send.
+fn modifier_name(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "399161006" | "R-102D2" => "cleavage",
+        "399011000" | "R-102D1" => "axillary tail",
+        "399197002" | "R-102D3" => "rolled lateral",
+        "399226006" | "R-102D4" => "rolled medial",
+        "414493004" | "R-102CA" => "rolled inferior",
+        "415670009" | "R-102C9" => "rolled superior",
+        "399209000" | "R-102D5" => "implant displaced",
+        "399163009" | "R-102D6" => "magnification",
+        "399055006" | "R-102D7" => "spot compression",
+        "399110001" | "R-102C2" => "tangential",
+        "442581004" | "R-40AB3" => "nipple in profile",
+        "441752004" | "P2-00161" => "anterior compression",
+        "442593008" | "R-40ABE" => "infra-mammary fold",
+        "442580003" | "R-40AB2" => "axillary tissue",
+        _ => return None,
+    })
+}
+
+/// SOP classes whose images are For Processing whatever the intent attribute says.
+const FOR_PROCESSING_SOP_CLASSES: &[&str] = &[
+    "1.2.840.10008.5.1.4.1.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.13.1.5",
+];
+
+/// Reads the view-selection attributes: intent from the SOP class or Presentation
+/// Intent Type (0008,0068); modifiers from the View Modifier Code Sequence (0054,0222)
+/// at the top level and inside the View Code Sequence item (both occur); an unknown
+/// modifier code counts as a modifier, named by its Code Meaning; the acquisition time
+/// from Acquisition DateTime, else Acquisition Date + Time, else Content Date + Time.
+fn acquisition(obj: &InMemDicomObject, sop_class_uid: &str) -> Acquisition {
+    let processing = FOR_PROCESSING_SOP_CLASSES.contains(&sop_class_uid)
+        || text(obj, tags::PRESENTATION_INTENT_TYPE)
+            .is_some_and(|v| v.eq_ignore_ascii_case("FOR PROCESSING"));
+    let mut items: Vec<&InMemDicomObject> = Vec::new();
+    if let Some(list) = obj
+        .get(tags::VIEW_MODIFIER_CODE_SEQUENCE)
+        .and_then(|e| e.items())
+    {
+        items.extend(list);
+    }
+    if let Some(view) = obj
+        .get(tags::VIEW_CODE_SEQUENCE)
+        .and_then(|e| e.items())
+        .and_then(|l| l.first())
+    {
+        if let Some(list) = view
+            .get(tags::VIEW_MODIFIER_CODE_SEQUENCE)
+            .and_then(|e| e.items())
+        {
+            items.extend(list);
+        }
+    }
+    let mut displaced = false;
+    let mut modifiers: Vec<String> = Vec::new();
+    for item in items {
+        let code = text(item, tags::CODE_VALUE).unwrap_or_default();
+        let name = match modifier_name(&code) {
+            Some(n) => n.to_owned(),
+            None => {
+                let meaning = text(item, tags::CODE_MEANING).unwrap_or_else(|| code.clone());
+                format!("unknown modifier `{}`", printable(&meaning).to_lowercase())
+            }
+        };
+        if name == "implant displaced" {
+            displaced = true;
+        } else if !modifiers.contains(&name) {
+            modifiers.push(name);
+        }
+    }
+    modifiers.sort();
+    let implant_present =
+        text(obj, tags::BREAST_IMPLANT_PRESENT).is_some_and(|v| v.eq_ignore_ascii_case("YES"));
+    let implant = if displaced {
+        Implant::Displaced
+    } else if implant_present {
+        Implant::Present
+    } else {
+        Implant::None
+    };
+    Acquisition {
+        intent: if processing {
+            Intent::Processing
+        } else {
+            Intent::Presentation
+        },
+        modifiers,
+        implant,
+        acquired: acquired(obj),
+    }
+}
+
+/// The acquisition date-time as digits and at most one dot (anything else in the
+/// value is dropped, so a hostile value cannot reach SQL or logs in a strange shape).
+fn acquired(obj: &InMemDicomObject) -> String {
+    let joined =
+        |d, t| text(obj, d).map(|d: String| format!("{d}{}", text(obj, t).unwrap_or_default()));
+    let raw = text(obj, tags::ACQUISITION_DATE_TIME)
+        .or_else(|| joined(tags::ACQUISITION_DATE, tags::ACQUISITION_TIME))
+        .or_else(|| joined(tags::CONTENT_DATE, tags::CONTENT_TIME))
+        .unwrap_or_default();
+    let mut out = String::new();
+    for c in raw.chars() {
+        if c.is_ascii_digit() || (c == '.' && !out.contains('.')) {
+            out.push(c);
+        } else if c == '+' || c == '-' {
+            break; // a UTC offset: the local time is what the modality logged
+        }
+        if out.len() >= 21 {
+            break;
+        }
+    }
+    out
 }
 
 /// Patient identifiers are redacted so the struct can be logged safely.
@@ -330,6 +517,7 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
             "{frames} frames (only single-frame projection images are read)"
         )));
     }
+    let acquisition = acquisition(obj, &sop_class_uid);
     Ok(InstanceMeta {
         sop_class_uid,
         sop_instance_uid,
@@ -346,6 +534,7 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
         patient_id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
         patient_issuer: text(obj, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(),
         institution_name: text(obj, tags::INSTITUTION_NAME),
+        acquisition,
     })
 }
 

@@ -6,7 +6,7 @@ pub mod guard;
 pub mod meta;
 pub mod pixels;
 
-pub use meta::{InstanceMeta, InvalidInstance, Laterality, View};
+pub use meta::{Acquisition, Implant, InstanceMeta, Intent, InvalidInstance, Laterality, View};
 
 use std::io::{BufRead, Seek, SeekFrom};
 
