@@ -14,7 +14,7 @@ use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use tamiz::catalog::Catalog;
 use tamiz::config::Config;
-use tamiz::dicom::pixels::decode_display;
+use tamiz::dicom::pixels::decode;
 use tamiz::ingest::Ingest;
 use tamiz::model::Model;
 use tamiz::preprocess::preprocess;
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
                 let obj = dicom_object::OpenFileOptions::new()
                     .from_reader(&b[128..])
                     .expect("parse");
-                decode_display(&obj).expect("decode")
+                decode(&obj, spec.rendering).expect("decode").0
             })
             .collect();
         t_decode.push(t0.elapsed());
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             let obj = dicom_object::OpenFileOptions::new()
                 .from_reader(&b[128..])
                 .expect("parse");
-            preprocess(decode_display(&obj).expect("decode"), &spec)
+            tamiz::worker::prepare_object(&obj, &model.card).expect("prepare")
         });
         t_par.push(t0.elapsed());
     }
@@ -209,7 +209,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "{:<34} {:>9.1} ms {:>9.1} ms",
         format!(
-            "decode + preprocess, {} threads",
+            "decode + input checks + preprocess, {} threads",
             tamiz::parallel::threads()
         ),
         ms(par),

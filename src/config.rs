@@ -41,6 +41,8 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub triage: TriageConfig,
     pub reading: ReadingConfig,
+    /// Per imaging center and week, against the program (`src/drift.rs`).
+    pub drift: crate::drift::DriftConfig,
     pub inbox: InboxConfig,
     pub auth: AuthConfig,
     /// Where studies from an imaging center that is not configured are read.
@@ -361,6 +363,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             triage: TriageConfig::default(),
             reading: ReadingConfig::default(),
+            drift: Default::default(),
             inbox: InboxConfig::default(),
             auth: AuthConfig::default(),
             default_diagnosis_center: "central".into(),

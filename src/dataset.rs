@@ -6,11 +6,16 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
-use crate::dicom::pixels::decode_display;
+use crate::model::ModelCard;
 use crate::parallel::{parallel_map, threads};
-use crate::preprocess::{preprocess_oriented, Orientation, PreprocessSpec};
-use crate::synth::{plan_studies, study_objects, write_study, Finding, StudyPlan};
+use crate::synth::{
+    assign_variants, plan_studies, random_uid, study_objects, write_study, Finding, StudyPlan,
+    Variant,
+};
+use crate::worker::prepare_object;
 
 /// Synthetic matrix for demo, training and evaluation: half the detector resolution of
 /// a 4096×3328 system (0.117 mm pixels over 240 mm).
@@ -27,15 +32,19 @@ fn finding_name(p: &StudyPlan) -> &'static str {
 }
 
 /// Writes `n` synthetic studies as DICOM files under `out/{study_uid}/` and
-/// `out/labels.csv` (`study_uid,label,finding,breast`).
+/// `out/labels.csv` (`study_uid,label,finding,breast,variant`); with `variants`, each
+/// study is written once in every vendor convention of [`Variant`] (a paired design:
+/// the same breasts in each, under new study UIDs), so per-variant results differ
+/// only by how the images are stored.
 pub fn write_synthetic(
     out: &Path,
     n: usize,
     seed: u64,
     cancer_fraction: f64,
+    variants: bool,
 ) -> anyhow::Result<Vec<StudyPlan>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let plans = plan_studies(
+    let mut plans = plan_studies(
         n,
         seed,
         cancer_fraction,
@@ -43,22 +52,51 @@ pub fn write_synthetic(
         SYNTH_COLUMNS,
         &["SYNTHETIC"],
     );
-    for r in parallel_map(&plans, threads(), |p| write_study(p, out)) {
+    if variants {
+        plans = in_every_variant(&plans, seed);
+    }
+    write_labelled(out, &plans)?;
+    Ok(plans)
+}
+
+/// Each plan once per [`Variant`], the copies under new study UIDs.
+pub fn in_every_variant(plans: &[StudyPlan], seed: u64) -> Vec<StudyPlan> {
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x07A2_1A27);
+    plans
+        .iter()
+        .flat_map(|p| {
+            Variant::ALL.into_iter().map(|variant| StudyPlan {
+                variant,
+                ..p.clone()
+            })
+        })
+        .map(|mut p| {
+            p.study_uid = random_uid(&mut rng);
+            p
+        })
+        .collect()
+}
+
+/// Writes `plans` as DICOM files under `out/{study_uid}/` and their `labels.csv`.
+pub fn write_labelled(out: &Path, plans: &[StudyPlan]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for r in parallel_map(plans, threads(), |p| write_study(p, out)) {
         r?;
     }
-    let mut csv = String::from("study_uid,label,finding,breast\n");
-    for p in &plans {
+    let mut csv = String::from("study_uid,label,finding,breast,variant\n");
+    for p in plans {
         let breast = p.lesion.map(|(l, _)| l.as_str()).unwrap_or("");
         csv.push_str(&format!(
-            "{},{},{},{}\n",
+            "{},{},{},{},{}\n",
             p.study_uid,
             p.label(),
             finding_name(p),
-            breast
+            breast,
+            p.variant.as_str()
         ));
     }
     std::fs::write(out.join("labels.csv"), csv)?;
-    Ok(plans)
+    Ok(())
 }
 
 /// Header of a NumPy `.npy` v1.0 file (little-endian, C order).
@@ -81,14 +119,20 @@ fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
 
 /// Writes `x.npy` ([views,1,H,W] float32), `y.npy` ([views] float32, lesion visible in
 /// the view) and `study.npy` ([views] int64) for `n` synthetic studies.
+/// With `variants`, the studies take every For Presentation convention in turn.
 pub fn write_training_set(
     out: &Path,
     n: usize,
     seed: u64,
-    spec: &PreprocessSpec,
+    card: &ModelCard,
+    variants: bool,
 ) -> anyhow::Result<()> {
+    let spec = &card.preprocess;
     std::fs::create_dir_all(out)?;
-    let plans = plan_studies(n, seed, 0.5, SYNTH_ROWS, SYNTH_COLUMNS, &["SYNTHETIC"]);
+    let mut plans = plan_studies(n, seed, 0.5, SYNTH_ROWS, SYNTH_COLUMNS, &["SYNTHETIC"]);
+    if variants {
+        assign_variants(&mut plans, false);
+    }
     let views = n * 4;
     let mut x = BufWriter::new(std::fs::File::create(out.join("x.npy"))?);
     x.write_all(&npy_header("<f4", &[views, 1, spec.height, spec.width]))?;
@@ -102,12 +146,13 @@ pub fn write_training_set(
             |p| -> anyhow::Result<Vec<(u8, Vec<f32>)>> {
                 study_objects(p)
                     .into_iter()
-                    .map(|(lat, _, obj)| {
-                        let oriented = Orientation::of(&obj);
-                        Ok((
-                            p.view_label(lat),
-                            preprocess_oriented(decode_display(&obj)?, spec, oriented),
-                        ))
+                    .map(|(lat, view, obj)| {
+                        // A training view the checks refuse is a generator bug: the
+                        // model must train only on what it will be shown.
+                        let tensor = prepare_object(&obj, card).map_err(|e| {
+                            anyhow::anyhow!("{}-{} {e}", lat.as_str(), view.as_str())
+                        })?;
+                        Ok((p.view_label(lat), tensor))
                     })
                     .collect()
             },

@@ -2,7 +2,9 @@
 //! labelled folder (DICOM files under DIR and `DIR/labels.csv` with at least the
 //! columns `study_uid,label`, label 1 = cancer), reporting AUC and, per priority
 //! class, the share of studies and of cancers it receives. The AUC in the model card
-//! comes from here.
+//! comes from here. A study the pipeline would send out untriaged (view selection or
+//! input checks refuse it) is counted as such, not scored. `--by COLUMN` breaks the
+//! results down by any other column of `labels.csv` (e.g. the synthetic `variant`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -16,23 +18,55 @@ use crate::dicom::meta::extract;
 use crate::model::Model;
 use crate::triage::{classify, Priority};
 use crate::views::select;
-use crate::worker::{name_scores, prepare_batch};
+use crate::worker::{name_scores, prepare_batch, StudyError};
 
 /// Per-study result of an evaluation.
 #[derive(Debug, Clone)]
 pub struct StudyScore {
     pub study_uid: String,
     pub label: u8,
-    pub score: f32,
+    /// `None` when the study went out untriaged.
+    pub score: Option<f32>,
     pub priority: Priority,
+    /// Its value in the `--by` column.
+    pub group: Option<String>,
+}
+
+/// The results of one value of the `--by` column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupResult {
+    pub name: String,
+    pub studies: usize,
+    pub cancers: usize,
+    pub untriaged: usize,
+    /// Over the scored studies; NaN without both classes.
+    pub auc: f64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Evaluation {
     pub studies: Vec<StudyScore>,
+    /// Over the scored studies.
     pub auc: f64,
     pub views: usize,
     pub ms_per_view: f64,
+    /// Per value of the `--by` column, in name order (empty without `--by`).
+    pub groups: Vec<GroupResult>,
+}
+
+/// AUC over the scored studies among `studies`.
+fn scored_auc<'a>(studies: impl Iterator<Item = &'a StudyScore>) -> f64 {
+    let pairs: Vec<(f32, u8)> = studies
+        .filter_map(|s| s.score.map(|v| (v, s.label)))
+        .collect();
+    auc(&pairs)
+}
+
+/// A study's label and its value in the `--by` column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    pub label: u8,
+    pub group: Option<String>,
 }
 
 /// Area under the ROC curve by the Mann–Whitney statistic (ties count one half).
@@ -57,8 +91,9 @@ pub fn auc(scores: &[(f32, u8)]) -> f64 {
     wins / (pos.len() * neg.len()) as f64
 }
 
-/// Reads `labels.csv`: a header naming `study_uid` and `label`; other columns ignored.
-pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, u8>> {
+/// Reads `labels.csv`: a header naming `study_uid` and `label`, and `by` when given;
+/// other columns ignored.
+pub fn read_labels(path: &Path, by: Option<&str>) -> anyhow::Result<HashMap<String, Label>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
@@ -77,6 +112,16 @@ pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, u8>> {
             path.display()
         );
     };
+    let gi = match by {
+        Some(column) => Some(header.iter().position(|h| *h == column).with_context(|| {
+            format!(
+                "{}: no column `{column}` to break the results down by (columns: {})",
+                path.display(),
+                header.join(", ")
+            )
+        })?),
+        None => None,
+    };
     let mut labels = HashMap::new();
     for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let cols: Vec<&str> = line.split(',').map(str::trim).collect();
@@ -92,7 +137,8 @@ pub fn read_labels(path: &Path) -> anyhow::Result<HashMap<String, u8>> {
                 n + 2
             ),
         };
-        labels.insert(uid.to_string(), label);
+        let group = gi.map(|i| cols.get(i).copied().unwrap_or_default().to_owned());
+        labels.insert(uid.to_string(), Label { label, group });
     }
     Ok(labels)
 }
@@ -102,8 +148,9 @@ pub fn evaluate(
     dir: &Path,
     model: &Model,
     triage_cfg: &TriageConfig,
+    by: Option<&str>,
 ) -> anyhow::Result<Evaluation> {
-    let labels = read_labels(&dir.join("labels.csv"))?;
+    let labels = read_labels(&dir.join("labels.csv"), by)?;
     let files = crate::upload::collect_files(&[dir.to_owned()])?;
     let limits = Limits {
         max_rows: 16384,
@@ -132,21 +179,37 @@ pub fn evaluate(
             dir.display()
         );
     }
-    let spec = model.card.preprocess.clone();
     let mut studies = Vec::new();
     let (mut views, mut infer_time) = (0usize, 0f64);
     for (uid, instances) in by_study {
+        let label = labels[&uid].clone();
+        let untriaged = |studies: &mut Vec<StudyScore>| {
+            studies.push(StudyScore {
+                study_uid: uid.clone(),
+                label: label.label,
+                score: None,
+                priority: Priority::Untriaged,
+                group: label.group.clone(),
+            })
+        };
         let selection = select(&instances, &model.card.input);
-        if let Some(why) = selection.refusal {
-            bail!("study {uid} cannot be scored: {why}");
+        if selection.refusal.is_some() {
+            untriaged(&mut studies);
+            continue;
         }
         let picked = selection.scored;
         let views_bytes = picked
             .iter()
             .map(|v| Ok((v.clone(), std::fs::read(&v.object_key)?)))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let batch = prepare_batch(&views_bytes, &spec, crate::parallel::threads())
-            .map_err(|e| anyhow::anyhow!("study {uid}: {e}"))?;
+        let batch = match prepare_batch(&views_bytes, &model.card, crate::parallel::threads()) {
+            Ok(b) => b,
+            Err(StudyError::Permanent { .. }) => {
+                untriaged(&mut studies);
+                continue;
+            }
+            Err(e) => bail!("study {uid}: {e}"),
+        };
         let t0 = Instant::now();
         let scores = model.infer_blocking(batch, picked.len())?;
         infer_time += t0.elapsed().as_secs_f64();
@@ -160,18 +223,35 @@ pub fn evaluate(
             0,
         );
         studies.push(StudyScore {
-            label: labels[&uid],
             study_uid: uid,
-            score: t.score.unwrap_or(0.0),
+            label: label.label,
+            score: t.score,
             priority: t.priority,
+            group: label.group,
         });
     }
-    let pairs: Vec<(f32, u8)> = studies.iter().map(|s| (s.score, s.label)).collect();
+    let mut by_group: BTreeMap<&str, Vec<&StudyScore>> = BTreeMap::new();
+    for s in &studies {
+        if let Some(g) = &s.group {
+            by_group.entry(g).or_default().push(s);
+        }
+    }
+    let groups = by_group
+        .into_iter()
+        .map(|(name, members)| GroupResult {
+            name: name.to_owned(),
+            studies: members.len(),
+            cancers: members.iter().filter(|s| s.label == 1).count(),
+            untriaged: members.iter().filter(|s| s.score.is_none()).count(),
+            auc: scored_auc(members.into_iter()),
+        })
+        .collect();
     Ok(Evaluation {
-        auc: auc(&pairs),
+        auc: scored_auc(studies.iter()),
         ms_per_view: infer_time * 1000.0 / views.max(1) as f64,
         views,
         studies,
+        groups,
     })
 }
 
@@ -208,6 +288,14 @@ pub fn report(e: &Evaluation, model: &Model) -> String {
             100.0 * c as f64 / cancers.max(1) as f64
         ));
     }
+    let untriaged: Vec<&StudyScore> = e.studies.iter().filter(|s| s.score.is_none()).collect();
+    out.push_str(&format!(
+        "{:<10} {:>8} {:>8.1}% {:>8}   (not scored: view selection or input checks refused them)\n",
+        "untriaged",
+        untriaged.len(),
+        100.0 * untriaged.len() as f64 / n.max(1) as f64,
+        untriaged.iter().filter(|s| s.label == 1).count(),
+    ));
     let at_least_routine = e
         .studies
         .iter()
@@ -217,6 +305,32 @@ pub fn report(e: &Evaluation, model: &Model) -> String {
         "sensitivity at the low operating point (cancers not classed low): {:.1}%\n",
         100.0 * at_least_routine as f64 / cancers.max(1) as f64
     ));
+    if !e.groups.is_empty() {
+        out.push_str(&format!(
+            "\n{:<24} {:>8} {:>8} {:>10} {:>8}\n",
+            "group", "studies", "cancers", "untriaged", "AUC"
+        ));
+        for g in &e.groups {
+            out.push_str(&format!(
+                "{:<24} {:>8} {:>8} {:>10} {:>8.3}\n",
+                g.name, g.studies, g.cancers, g.untriaged, g.auc
+            ));
+        }
+        let worst = e
+            .groups
+            .iter()
+            .filter(|g| !g.auc.is_nan())
+            .min_by(|a, b| a.auc.total_cmp(&b.auc));
+        if let Some(w) = worst {
+            out.push_str(&format!(
+                "worst group: {} (AUC {:.3}, {:+.3} from the overall {:.3})\n",
+                w.name,
+                w.auc,
+                w.auc - e.auc,
+                e.auc
+            ));
+        }
+    }
     out
 }
 
@@ -238,10 +352,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("labels.csv");
         std::fs::write(&p, "finding,study_uid,label\nmass,1.2.3,1\nnone,1.2.4,0\n").unwrap();
-        let l = read_labels(&p).unwrap();
-        assert_eq!((l["1.2.3"], l["1.2.4"]), (1, 0));
+        let l = read_labels(&p, None).unwrap();
+        assert_eq!((l["1.2.3"].label, l["1.2.4"].label), (1, 0));
+        let by = read_labels(&p, Some("finding")).unwrap();
+        assert_eq!(by["1.2.3"].group.as_deref(), Some("mass"));
+        assert_eq!(
+            read_labels(&p, Some("variant")).unwrap_err().to_string(),
+            format!(
+                "{}: no column `variant` to break the results down by (columns: finding, study_uid, label)",
+                p.display()
+            )
+        );
         std::fs::write(&p, "uid,label\n1,1\n").unwrap();
-        assert!(read_labels(&p)
+        assert!(read_labels(&p, None)
             .unwrap_err()
             .to_string()
             .contains("study_uid"));

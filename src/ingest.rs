@@ -187,11 +187,14 @@ impl Ingest {
             )
             .await?;
         match outcome {
-            InsertOutcome::Inserted { study_ready } => {
+            InsertOutcome::Inserted {
+                study_ready,
+                retriage,
+            } => {
                 let m = crate::metrics::metrics();
                 m.count_ingest("stored");
                 m.ingest_bytes.inc_by(size);
-                tracing::info!(study = %meta.study_uid, sop = %meta.sop_instance_uid, study_ready, "instance stored");
+                tracing::info!(study = %meta.study_uid, sop = %meta.sop_instance_uid, study_ready, retriage, "instance stored");
                 Ok((meta, Accepted::Stored))
             }
             InsertOutcome::Duplicate => {

@@ -90,6 +90,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "models/triage.toml")]
         card: PathBuf,
+        /// Also break the results down by this column of labels.csv (e.g. `variant`).
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Write synthetic screening studies (DICOM) and their labels.csv.
     Synth {
@@ -102,6 +105,11 @@ enum Command {
         /// Share of studies with a lesion.
         #[arg(long, default_value_t = 0.5)]
         cancer_fraction: f64,
+        /// Store the studies in every vendor convention in turn (SIGMOID, VOI LUT
+        /// Sequence, MONOCHROME1, 10-bit, markers, For Processing, ...), named in the
+        /// `variant` column of labels.csv.
+        #[arg(long)]
+        variants: bool,
     },
     /// Write a preprocessed synthetic training set (x.npy, y.npy, study.npy).
     Dataset {
@@ -113,6 +121,9 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "models/triage.toml")]
         card: PathBuf,
+        /// Train on every For Presentation vendor convention in turn.
+        #[arg(long)]
+        variants: bool,
     },
 }
 
@@ -266,9 +277,9 @@ fn main() -> anyhow::Result<()> {
                 },
             ))
         }
-        Command::Evaluate { dir, card } => {
+        Command::Evaluate { dir, card, by } => {
             let model = tamiz::model::Model::load(&card, 0)?;
-            let e = tamiz::evaluate::evaluate(&dir, &model, &Default::default())?;
+            let e = tamiz::evaluate::evaluate(&dir, &model, &Default::default(), by.as_deref())?;
             print!("{}", tamiz::evaluate::report(&e, &model));
             Ok(())
         }
@@ -277,8 +288,10 @@ fn main() -> anyhow::Result<()> {
             studies,
             seed,
             cancer_fraction,
+            variants,
         } => {
-            let plans = tamiz::dataset::write_synthetic(&out, studies, seed, cancer_fraction)?;
+            let plans =
+                tamiz::dataset::write_synthetic(&out, studies, seed, cancer_fraction, variants)?;
             println!(
                 "wrote {} studies ({} with a lesion) to {}",
                 plans.len(),
@@ -292,9 +305,10 @@ fn main() -> anyhow::Result<()> {
             studies,
             seed,
             card,
+            variants,
         } => {
             let (card, _) = tamiz::model::ModelCard::load(&card)?;
-            tamiz::dataset::write_training_set(&out, studies, seed, &card.preprocess)?;
+            tamiz::dataset::write_training_set(&out, studies, seed, &card, variants)?;
             println!("wrote {} views to {}", studies * 4, out.display());
             Ok(())
         }

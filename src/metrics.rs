@@ -32,6 +32,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
     pub center: String,
     pub priority: String,
@@ -56,6 +61,13 @@ pub struct Metrics {
     jobs: Family<StateLabel, Gauge>,
     worklist_open: Family<QueueLabel, Gauge>,
     worklist_oldest: Family<QueueLabel, Gauge<f64, AtomicU64>>,
+    untriaged: Family<CauseLabel, Gauge>,
+    drifting: Family<CenterLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CenterLabel {
+    pub center: String,
 }
 
 fn stage_histogram() -> Histogram {
@@ -109,6 +121,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Age of the oldest open worklist item per diagnosis center and priority",
         worklist_oldest.clone(),
     );
+    let untriaged = Family::default();
+    registry.register(
+        "untriaged_studies",
+        "Studies sent out untriaged (never scored), by cause: view_selection, input_check, unreadable, gave_up",
+        untriaged.clone(),
+    );
+    let drifting = Family::default();
+    registry.register(
+        "center_drifting",
+        "1 when an imaging center's last 7 days differ from the program's (shares of urgent, low, untriaged studies or mean score; see the summary's drift reasons)",
+        drifting.clone(),
+    );
     Metrics {
         registry,
         ingest_instances,
@@ -119,6 +143,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         jobs,
         worklist_open,
         worklist_oldest,
+        untriaged,
+        drifting,
     }
 });
 
@@ -153,7 +179,11 @@ impl Metrics {
     }
 
     /// The text exposition, with the queue gauges read from the catalog now.
-    pub async fn render(&self, catalog: &Catalog) -> Result<String, crate::catalog::CatalogError> {
+    pub async fn render(
+        &self,
+        catalog: &Catalog,
+        drift: &crate::drift::DriftConfig,
+    ) -> Result<String, crate::catalog::CatalogError> {
         let now = catalog.clock_ms().await?;
         let snapshot = catalog.queue_snapshot().await?;
         self.jobs.clear();
@@ -171,6 +201,19 @@ impl Metrics {
             self.worklist_oldest
                 .get_or_create(&label)
                 .set(((now - q.oldest_created_ms).max(0)) as f64 / 1000.0);
+        }
+        self.drifting.clear();
+        let this_week = crate::drift::DriftConfig {
+            weeks: 1,
+            ..drift.clone()
+        };
+        for w in catalog.drift_weeks(now, &this_week).await? {
+            self.drifting
+                .get_or_create(&CenterLabel { center: w.center })
+                .set(i64::from(w.drifting));
+        }
+        for (cause, n) in snapshot.untriaged {
+            self.untriaged.get_or_create(&CauseLabel { cause }).set(n);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).map_err(|e| {

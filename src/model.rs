@@ -80,16 +80,28 @@ pub struct InputSpec {
     /// The Presentation Intents it scores: `["presentation"]` unless it was trained on
     /// raw detector data too.
     pub intent: Vec<crate::dicom::Intent>,
+    /// The projections it scores (View Position values), `["CC", "MLO"]`.
+    #[serde(default = "screening_views")]
+    pub views: Vec<String>,
     /// Whether it was trained on breasts with an implant in view. When not, an implant
     /// exam is scored on its implant-displaced views only.
     pub implants: bool,
+    /// What each view's attributes and rendering must pass (`[input.checks]`).
+    #[serde(default)]
+    pub checks: crate::input_check::ViewChecks,
+}
+
+fn screening_views() -> Vec<String> {
+    vec!["CC".into(), "MLO".into()]
 }
 
 impl Default for InputSpec {
     fn default() -> Self {
         InputSpec {
             intent: vec![crate::dicom::Intent::Presentation],
+            views: screening_views(),
             implants: false,
+            checks: Default::default(),
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct PreprocessSpec {
     /// `(value - mean) / std` after resizing.
     pub mean: f32,
     pub std: f32,
+    /// How views are rendered to display values: as the file says, or canonically.
+    #[serde(default)]
+    pub rendering: crate::dicom::pixels::Rendering,
 }
 
 /// How a view lies, from Patient Orientation (0020,0020) where the image says.
@@ -274,6 +277,7 @@ mod tests {
             crop_min_fraction: 0.1,
             mean: 0.0,
             std: 1.0,
+            rendering: Default::default(),
         }
     }
 

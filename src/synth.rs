@@ -24,6 +24,7 @@ use crate::dicom::{Laterality, View};
 
 /// Digital Mammography X-Ray Image Storage – For Presentation.
 pub const MG_FOR_PRESENTATION: &str = "1.2.840.10008.5.1.4.1.1.1.2";
+pub const MG_FOR_PROCESSING: &str = "1.2.840.10008.5.1.4.1.1.1.2.1";
 const STORED_BITS: u16 = 12;
 /// Display value `d` in [0,1] is stored as `OFFSET + d * SCALE`.
 const OFFSET: f32 = 200.0;
@@ -62,6 +63,84 @@ pub struct StudyPlan {
     pub lesion: Option<(Laterality, Lesion)>,
     /// Store as MONOCHROME1 (inverted), as some modalities do.
     pub monochrome1: bool,
+    /// How the views are stored and presented (vendors' conventions).
+    pub variant: Variant,
+}
+
+/// The storage and presentation conventions real fleets differ in, applied to a
+/// study's stored values and attributes. The breast is the same in every variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// 12 bits, MONOCHROME2, a LINEAR window (the generator's base form).
+    #[default]
+    Linear,
+    /// The same window with VOI LUT Function SIGMOID.
+    Sigmoid,
+    /// A VOI LUT Sequence (a gamma curve, 16-bit entries) instead of a window.
+    VoiLut,
+    /// No window and no VOI LUT at all.
+    NoWindow,
+    /// A window half as wide (more of the breast at full brightness).
+    NarrowWindow,
+    /// Stored inverted as MONOCHROME1.
+    Monochrome1,
+    /// 10 stored bits (the window scaled with them).
+    Bits10,
+    /// A detector pedestal: the background is stored well above zero.
+    BrightBackground,
+    /// Burned-in laterality marker and label blocks at the image edge.
+    Markers,
+    /// A VOI LUT Sequence whose descriptor says 16 bits while its entries are 12-bit.
+    VoiLut16BitQuirk,
+    /// Raw detector data (For Processing): inverted, no window, For Processing SOP
+    /// class and intent. The model is not made for it.
+    ForProcessing,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 11] = [
+        Variant::Linear,
+        Variant::Sigmoid,
+        Variant::VoiLut,
+        Variant::NoWindow,
+        Variant::NarrowWindow,
+        Variant::Monochrome1,
+        Variant::Bits10,
+        Variant::BrightBackground,
+        Variant::Markers,
+        Variant::VoiLut16BitQuirk,
+        Variant::ForProcessing,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Linear => "linear",
+            Variant::Sigmoid => "sigmoid",
+            Variant::VoiLut => "voi-lut",
+            Variant::NoWindow => "no-window",
+            Variant::NarrowWindow => "narrow-window",
+            Variant::Monochrome1 => "monochrome1",
+            Variant::Bits10 => "10-bit",
+            Variant::BrightBackground => "bright-background",
+            Variant::Markers => "markers",
+            Variant::VoiLut16BitQuirk => "voi-lut-16-bit-quirk",
+            Variant::ForProcessing => "for-processing",
+        }
+    }
+    /// For Presentation variants: what a model may be trained and scored on.
+    pub fn for_presentation(self) -> bool {
+        self != Variant::ForProcessing
+    }
+}
+
+/// Gives `plans` the variants in turn (`with_raw`: For Processing among them).
+pub fn assign_variants(plans: &mut [StudyPlan], with_raw: bool) {
+    let variants: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| with_raw || v.for_presentation())
+        .collect();
+    for (i, p) in plans.iter_mut().enumerate() {
+        p.variant = variants[i % variants.len()];
+    }
 }
 
 impl StudyPlan {
@@ -138,6 +217,7 @@ pub fn plan_studies(
                 density: rng.random_range(0.1..0.9),
                 lesion,
                 monochrome1: false,
+                variant: Variant::Linear,
             }
         })
         .collect()
@@ -324,7 +404,9 @@ pub fn render_view(plan: &StudyPlan, lat: Laterality, view: &View) -> Vec<u16> {
     img.into_iter()
         .map(|d| {
             let d = d + 0.008 * gauss(&mut rng);
-            let d = if plan.monochrome1 { 1.0 - d } else { d };
+            let inverted = plan.monochrome1
+                || matches!(plan.variant, Variant::Monochrome1 | Variant::ForProcessing);
+            let d = if inverted { 1.0 - d } else { d };
             (OFFSET + d * SCALE).round().clamp(0.0, max) as u16
         })
         .collect()
@@ -420,7 +502,7 @@ pub fn view_object(
     sop_uid: &str,
     pixels: Vec<u16>,
 ) -> DefaultDicomObject {
-    let photometric = if plan.monochrome1 {
+    let photometric = if plan.monochrome1 || plan.variant == Variant::Monochrome1 {
         "MONOCHROME1"
     } else {
         "MONOCHROME2"
@@ -467,8 +549,137 @@ pub fn view_object(
         el(tags::PRESENTATION_INTENT_TYPE, VR::CS, "FOR PRESENTATION"),
         el(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
     ]);
-    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-        .expect("synthetic objects carry SOP class and instance UIDs")
+    let mut obj = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .expect("synthetic objects carry SOP class and instance UIDs");
+    apply_variant(&mut obj, plan.variant, lat, plan.columns, plan.rows);
+    obj
+}
+
+/// Rewrites a view's stored values and VOI attributes into `variant`'s convention.
+fn apply_variant(
+    obj: &mut DefaultDicomObject,
+    variant: Variant,
+    lat: Laterality,
+    w: usize,
+    h: usize,
+) {
+    let max = (1u32 << STORED_BITS) - 1;
+    let map_pixels = |obj: &mut DefaultDicomObject, f: &dyn Fn(usize, u16) -> u16| {
+        let pixels: Vec<u16> = obj
+            .element(tags::PIXEL_DATA)
+            .ok()
+            .and_then(|e| e.value().to_multi_int::<u16>().ok())
+            .unwrap_or_default();
+        let mapped: Vec<u16> = pixels.iter().enumerate().map(|(i, &v)| f(i, v)).collect();
+        obj.put(el(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(mapped.into()),
+        ));
+    };
+    let no_window = |obj: &mut DefaultDicomObject| {
+        obj.remove_element(tags::WINDOW_CENTER);
+        obj.remove_element(tags::WINDOW_WIDTH);
+        obj.remove_element(tags::VOILUT_FUNCTION);
+    };
+    // A VOI LUT Sequence over the 12-bit stored range, `bits` in its descriptor.
+    let voi_lut = |obj: &mut DefaultDicomObject, bits: u16, table: Vec<u16>| {
+        let item = InMemDicomObject::from_element_iter([
+            el(
+                tags::LUT_DESCRIPTOR,
+                VR::US,
+                PrimitiveValue::U16(vec![table.len() as u16, 0, bits].into()),
+            ),
+            el(tags::LUT_DATA, VR::OW, PrimitiveValue::U16(table.into())),
+        ]);
+        obj.put(DataElement::new(
+            tags::VOILUT_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item]),
+        ));
+    };
+    let ramp = |x: u32| ((x as f32 - OFFSET) / SCALE).clamp(0.0, 1.0);
+    match variant {
+        Variant::Linear | Variant::Monochrome1 => {}
+        Variant::Sigmoid => {
+            obj.put(el(tags::VOILUT_FUNCTION, VR::CS, "SIGMOID"));
+        }
+        Variant::VoiLut => {
+            no_window(obj);
+            let table = (0..=max)
+                .map(|x| (65535.0 * ramp(x).powf(0.8)) as u16)
+                .collect();
+            voi_lut(obj, 16, table);
+        }
+        Variant::VoiLut16BitQuirk => {
+            no_window(obj);
+            let table = (0..=max)
+                .map(|x| (4095.0 * ramp(x)).round() as u16)
+                .collect();
+            voi_lut(obj, 16, table);
+        }
+        Variant::NoWindow => no_window(obj),
+        Variant::NarrowWindow => {
+            obj.put(el(
+                tags::WINDOW_WIDTH,
+                VR::DS,
+                format!("{:.0}", SCALE / 2.0).as_str(),
+            ));
+        }
+        Variant::Bits10 => {
+            map_pixels(obj, &|_, v| v >> 2);
+            obj.put(el(tags::BITS_STORED, VR::US, PrimitiveValue::from(10u16)));
+            obj.put(el(tags::HIGH_BIT, VR::US, PrimitiveValue::from(9u16)));
+            let center = (OFFSET + 0.5 * SCALE) / 4.0;
+            obj.put(el(
+                tags::WINDOW_CENTER,
+                VR::DS,
+                format!("{center:.0}").as_str(),
+            ));
+            obj.put(el(
+                tags::WINDOW_WIDTH,
+                VR::DS,
+                format!("{:.0}", SCALE / 4.0).as_str(),
+            ));
+        }
+        Variant::BrightBackground => {
+            // 1200 added below a compressed range: the background renders mid-gray
+            // through the unchanged window.
+            let pedestal = 1200.0;
+            let k = (max as f32 - pedestal) / max as f32;
+            map_pixels(obj, &|_, v| (pedestal + v as f32 * k).round() as u16);
+        }
+        Variant::Markers => {
+            // Marker and label blocks in the two corners away from the chest wall.
+            let background_right = lat == Laterality::L;
+            let (bw, bh) = ((w / 12).max(2), (h / 25).max(2));
+            let x0 = if background_right {
+                w - w / 40 - bw
+            } else {
+                w / 40
+            };
+            let in_block = |x: usize, y: usize| {
+                let top = y >= h / 40 && y < h / 40 + bh;
+                let bottom = y >= h - h / 40 - bh && y < h - h / 40;
+                x >= x0 && x < x0 + bw && (top || bottom)
+            };
+            map_pixels(obj, &|i, v| {
+                if in_block(i % w, i / w) {
+                    max as u16
+                } else {
+                    v
+                }
+            });
+        }
+        Variant::ForProcessing => {
+            no_window(obj);
+            obj.put(el(tags::SOP_CLASS_UID, VR::UI, MG_FOR_PROCESSING));
+            obj.meta_mut().media_storage_sop_class_uid = MG_FOR_PROCESSING.into();
+            obj.meta_mut().update_information_group_length();
+            obj.put(el(tags::PRESENTATION_INTENT_TYPE, VR::CS, "FOR PROCESSING"));
+        }
+    }
 }
 
 /// The four screening views in reading order.

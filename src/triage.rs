@@ -60,6 +60,38 @@ impl Priority {
     }
 }
 
+/// Why a study went out untriaged, for the counts in the summary and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UntriagedCause {
+    /// View selection found no image the model may score (For Processing only,
+    /// implant without displaced views, no screening view).
+    ViewSelection,
+    /// A view failed the model card's input checks.
+    InputCheck,
+    /// A view could not be decoded.
+    Unreadable,
+    /// Storage, catalog or model trouble outlasted the retries.
+    GaveUp,
+}
+
+impl UntriagedCause {
+    pub const ALL: [UntriagedCause; 4] = [
+        UntriagedCause::ViewSelection,
+        UntriagedCause::InputCheck,
+        UntriagedCause::Unreadable,
+        UntriagedCause::GaveUp,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UntriagedCause::ViewSelection => "view_selection",
+            UntriagedCause::InputCheck => "input_check",
+            UntriagedCause::Unreadable => "unreadable",
+            UntriagedCause::GaveUp => "gave_up",
+        }
+    }
+}
+
 /// One scored view.
 #[derive(Debug, Clone, Serialize)]
 pub struct ViewScore {
@@ -79,6 +111,8 @@ pub struct Triage {
     pub right: Option<f32>,
     pub due_ms: i64,
     pub reason: String,
+    /// Set when the study is untriaged.
+    pub cause: Option<UntriagedCause>,
 }
 
 fn breast_score(scores: &[ViewScore], lat: Laterality) -> Option<f32> {
@@ -102,7 +136,12 @@ pub fn classify(
     let left = breast_score(scores, Laterality::L);
     let right = breast_score(scores, Laterality::R);
     let Some(score) = left.into_iter().chain(right).reduce(f32::max) else {
-        return untriaged("no view could be scored".into(), cfg, received_ms);
+        return untriaged(
+            UntriagedCause::ViewSelection,
+            "no view could be scored".into(),
+            cfg,
+            received_ms,
+        );
     };
     let mut priority = if score >= ops.urgent {
         Priority::Urgent
@@ -134,11 +173,17 @@ pub fn classify(
         right,
         due_ms: received_ms + priority.days(cfg) as i64 * DAY_MS,
         reason,
+        cause: None,
     }
 }
 
 /// A study the model could not score: routine due time, visible reason.
-pub fn untriaged(reason: String, cfg: &TriageConfig, received_ms: i64) -> Triage {
+pub fn untriaged(
+    cause: UntriagedCause,
+    reason: String,
+    cfg: &TriageConfig,
+    received_ms: i64,
+) -> Triage {
     Triage {
         priority: Priority::Untriaged,
         score: None,
@@ -146,6 +191,7 @@ pub fn untriaged(reason: String, cfg: &TriageConfig, received_ms: i64) -> Triage
         right: None,
         due_ms: received_ms + Priority::Untriaged.days(cfg) as i64 * DAY_MS,
         reason: format!("untriaged: {reason}"),
+        cause: Some(cause),
     }
 }
 
@@ -211,7 +257,7 @@ mod tests {
     #[test]
     fn untriaged_keeps_a_routine_due_time() {
         let cfg = TriageConfig::default();
-        let t = untriaged("decode failed".into(), &cfg, 0);
+        let t = untriaged(UntriagedCause::Unreadable, "decode failed".into(), &cfg, 0);
         assert_eq!(t.priority.rank(), Priority::Routine.rank());
         assert_eq!(t.due_ms, 7 * DAY_MS);
         assert!(t.reason.starts_with("untriaged: decode failed"));

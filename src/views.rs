@@ -2,7 +2,7 @@
 //! attributes say they are, never by the order they arrived in.
 //!
 //! The policy, in order:
-//! 1. **Screening views only**: CC or MLO without a work-up modifier (spot compression,
+//! 1. **Screening views only**: the card's views (CC and MLO) without a work-up modifier (spot compression,
 //!    magnification, rolled, cleavage, ...). Work-up images stay in the study and on
 //!    the worklist for reading; they are never scored as a screening view.
 //! 2. **Intent**: only the Presentation Intents the model card takes (For Presentation
@@ -77,7 +77,7 @@ pub fn select(instances: &[StoredInstance], input: &InputSpec) -> Selection {
     let mut notes = Vec::new();
     let screening: Vec<&StoredInstance> = instances
         .iter()
-        .filter(|i| i.view == "CC" || i.view == "MLO")
+        .filter(|i| input.views.contains(&i.view))
         .collect();
     let workup: Vec<String> = screening
         .iter()
@@ -165,7 +165,7 @@ pub fn select(instances: &[StoredInstance], input: &InputSpec) -> Selection {
             "only work-up views (spot, magnification or other modified views), no screening view"
                 .into()
         } else {
-            "no CC or MLO view in the study".into()
+            format!("no {} view in the study", input.views.join(" or "))
         })
     } else {
         None
@@ -267,7 +267,7 @@ mod tests {
         // A card that takes raw data scores it.
         let raw_model = InputSpec {
             intent: vec![Intent::Processing],
-            implants: false,
+            ..InputSpec::default()
         };
         assert_eq!(select(&images[4..], &raw_model).scored.len(), 4);
     }

@@ -17,12 +17,12 @@ use tracing::Instrument;
 
 use crate::catalog::{Catalog, CatalogError, Job, JobOutcome, StoredInstance};
 use crate::config::Config;
-use crate::dicom::pixels::decode_display;
-use crate::model::Model;
-use crate::preprocess::{preprocess_oriented, Orientation, PreprocessSpec};
+use crate::dicom::pixels::decode;
+use crate::model::{Model, ModelCard};
+use crate::preprocess::{preprocess_oriented, Orientation};
 use crate::routing::route;
 use crate::storage::ObjectStore;
-use crate::triage::{classify, untriaged, ViewScore};
+use crate::triage::{classify, untriaged, UntriagedCause, ViewScore};
 
 pub use crate::catalog::NewItem;
 
@@ -38,9 +38,13 @@ pub struct Scored {
 /// Why triage of a study did not produce scores.
 #[derive(Debug, thiserror::Error)]
 pub enum StudyError {
-    /// Retrying cannot help (unreadable pixels, no screening views).
-    #[error("{0}")]
-    Permanent(String),
+    /// Retrying cannot help (no view to score, a view unfit for the model, unreadable
+    /// pixels).
+    #[error("{reason}")]
+    Permanent {
+        cause: UntriagedCause,
+        reason: String,
+    },
     /// Might work next time (storage, catalog, model thread).
     #[error("{0}")]
     Transient(String),
@@ -171,14 +175,14 @@ pub async fn run(ctx: WorkerContext, name: String, mut shutdown: watch::Receiver
 /// Processes one leased job to its end (finished, retried or lease lost).
 pub async fn process_job(ctx: &WorkerContext, job: Job) {
     let span =
-        tracing::info_span!("job", id = job.id, study = %job.study_uid, attempt = job.attempts);
+        tracing::info_span!("job", id = job.id, study = %job.study_uid, attempt = job.attempt);
     run_job(ctx, job).instrument(span).await
 }
 
 async fn run_job(ctx: &WorkerContext, job: Job) {
     let cfg = &ctx.config.worker;
     let lease_ms = cfg.lease_secs as i64 * 1000;
-    let result = if job.attempts > cfg.max_attempts as i64 {
+    let result = if job.attempt > cfg.max_attempts as i64 {
         // Leased again after its last attempt's lease expired (worker crash).
         Err(StudyError::Transient(format!(
             "no attempt finished (last error: {})",
@@ -216,9 +220,9 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
         }
     };
     let routed = route(&ctx.config, origin.as_deref());
-    let untriaged_item = |reason: String| NewItem {
+    let untriaged_item = |cause: UntriagedCause, reason: String| NewItem {
         center: routed.center.clone(),
-        triage: untriaged(reason, &ctx.config.triage, received_ms),
+        triage: untriaged(cause, reason, &ctx.config.triage, received_ms),
         view_scores: Vec::new(),
         model_version: None,
         reason: String::new(),
@@ -246,15 +250,15 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
             };
             (JobOutcome::Done, item, None)
         }
-        Err(StudyError::Permanent(reason)) => (
+        Err(StudyError::Permanent { cause, reason }) => (
             JobOutcome::Done,
-            untriaged_item(reason.clone()),
+            untriaged_item(cause, reason.clone()),
             Some(reason),
         ),
         Err(StudyError::Transient(reason)) => {
-            if job.attempts < cfg.max_attempts as i64 {
+            if job.attempt < cfg.max_attempts as i64 {
                 let backoff =
-                    cfg.backoff_base_secs as i64 * 1000 * (1i64 << (job.attempts - 1).clamp(0, 16));
+                    cfg.backoff_base_secs as i64 * 1000 * (1i64 << (job.attempt - 1).clamp(0, 16));
                 tracing::warn!(error = %reason, backoff_ms = backoff, "attempt failed; will retry");
                 let now = ctx
                     .catalog
@@ -273,7 +277,11 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
                 return;
             }
             let why = format!("gave up after {} attempts: {reason}", cfg.max_attempts);
-            (JobOutcome::Dead, untriaged_item(why.clone()), Some(why))
+            (
+                JobOutcome::Dead,
+                untriaged_item(UntriagedCause::GaveUp, why.clone()),
+                Some(why),
+            )
         }
     };
     item.reason = format!(
@@ -302,9 +310,48 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
     }
 }
 
-/// Decodes and preprocesses one stored instance. Panics in the decoder are caught
+/// Why one view could not be prepared for the model.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ViewError {
+    #[error("could not be decoded: {0}")]
+    Unreadable(String),
+    #[error("is not an image the model was made for: {0}")]
+    Unfit(String),
+}
+
+/// Checks, decodes, renders and preprocesses one parsed image as the card says: the
+/// attributes against the card's intended input, the rendering against its image
+/// statistics, then orientation, crop and resize. Training (`tamiz dataset`),
+/// evaluation and the worker all come through here.
+pub fn prepare_object(
+    obj: &dicom_object::DefaultDicomObject,
+    card: &ModelCard,
+) -> Result<Vec<f32>, ViewError> {
+    let spec = &card.preprocess;
+    let checks = &card.input.checks;
+    crate::input_check::check_attributes(obj, checks).map_err(ViewError::Unfit)?;
+    let t0 = std::time::Instant::now();
+    let (img, pipeline) =
+        decode(obj, spec.rendering).map_err(|e| ViewError::Unreadable(e.to_string()))?;
+    let t1 = std::time::Instant::now();
+    crate::input_check::check_rendering(
+        &img,
+        &pipeline,
+        spec.rendering,
+        spec.crop_threshold,
+        checks,
+    )
+    .map_err(ViewError::Unfit)?;
+    let out = preprocess_oriented(img, spec, Orientation::of(obj));
+    let m = crate::metrics::metrics();
+    m.observe_stage("decode", (t1 - t0).as_secs_f64());
+    m.observe_stage("preprocess", t1.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// [`prepare_object`] of a stored instance's bytes. Panics in the decoder are caught
 /// (dicom-rs's RLE reader panics on truncated data).
-pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, String> {
+pub fn prepare_view(bytes: &[u8], card: &ModelCard) -> Result<Vec<f32>, ViewError> {
     catch_unwind(AssertUnwindSafe(|| {
         let obj = dicom_object::OpenFileOptions::new()
             .from_reader(bytes)
@@ -313,31 +360,37 @@ pub fn prepare_view(bytes: &[u8], spec: &PreprocessSpec) -> Result<Vec<f32>, Str
                     .read_preamble(dicom_object::file::ReadPreamble::Always)
                     .from_reader(bytes)
             })
-            .map_err(|e| format!("cannot parse: {e}"))?;
-        let t0 = std::time::Instant::now();
-        let img = decode_display(&obj).map_err(|e| e.to_string())?;
-        let t1 = std::time::Instant::now();
-        let out = preprocess_oriented(img, spec, Orientation::of(&obj));
-        let m = crate::metrics::metrics();
-        m.observe_stage("decode", (t1 - t0).as_secs_f64());
-        m.observe_stage("preprocess", t1.elapsed().as_secs_f64());
-        Ok(out)
+            .map_err(|e| ViewError::Unreadable(format!("cannot parse: {e}")))?;
+        prepare_object(&obj, card)
     }))
-    .unwrap_or_else(|_| Err("the decoder crashed on corrupt pixel data".into()))
+    .unwrap_or_else(|_| {
+        Err(ViewError::Unreadable(
+            "the decoder crashed on corrupt pixel data".into(),
+        ))
+    })
 }
 
 /// Decodes and preprocesses a study's views into one batch, in order. An error names
-/// the view that failed. Views are decoded on up to `threads` threads: a 13-megapixel
-/// view is ~100 ms of one core.
+/// the view that failed and why. Views are decoded on up to `threads` threads: a
+/// 13-megapixel view is ~100 ms of one core.
 pub fn prepare_batch<B: AsRef<[u8]> + Sync>(
     views: &[(StoredInstance, B)],
-    spec: &PreprocessSpec,
+    card: &ModelCard,
     threads: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, StudyError> {
     let tensors = crate::parallel::parallel_map(views, threads, |(v, bytes)| {
-        prepare_view(bytes.as_ref(), spec)
-            .map_err(|e| format!("{}-{} could not be decoded: {e}", v.laterality, v.view))
+        prepare_view(bytes.as_ref(), card).map_err(|e| {
+            let cause = match e {
+                ViewError::Unreadable(_) => UntriagedCause::Unreadable,
+                ViewError::Unfit(_) => UntriagedCause::InputCheck,
+            };
+            StudyError::Permanent {
+                cause,
+                reason: format!("{}-{} {e}", v.laterality, v.view),
+            }
+        })
     });
+    let spec = &card.preprocess;
     let mut batch = Vec::with_capacity(views.len() * spec.height * spec.width);
     for t in tensors {
         batch.extend_from_slice(&t?);
@@ -368,7 +421,10 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         .map_err(|e| StudyError::Transient(e.to_string()))?;
     let selection = crate::views::select(&instances, &ctx.model.card.input);
     if let Some(why) = selection.refusal {
-        return Err(StudyError::Permanent(why));
+        return Err(StudyError::Permanent {
+            cause: UntriagedCause::ViewSelection,
+            reason: why,
+        });
     }
     let views = selection.scored;
     let started = std::time::Instant::now();
@@ -383,16 +439,15 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
     let fetched_at = started.elapsed();
     let m = crate::metrics::metrics();
     m.observe_stage("fetch", fetched_at.as_secs_f64());
-    let spec = ctx.model.card.preprocess.clone();
+    let card = ctx.model.card.clone();
     let n = fetched.len();
     let threads = match ctx.config.worker.decode_threads {
         0 => crate::parallel::threads(),
         t => t,
     };
-    let batch = tokio::task::spawn_blocking(move || prepare_batch(&fetched, &spec, threads))
+    let batch = tokio::task::spawn_blocking(move || prepare_batch(&fetched, &card, threads))
         .await
-        .map_err(|e| StudyError::Transient(format!("preprocessing task failed: {e}")))?
-        .map_err(StudyError::Permanent)?;
+        .map_err(|e| StudyError::Transient(format!("preprocessing task failed: {e}")))??;
     let prepared_at = started.elapsed();
     let scores = ctx
         .model

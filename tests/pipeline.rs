@@ -31,8 +31,8 @@ fn jpeg_lossless_and_rle_give_the_model_the_same_input_as_uncompressed() {
     let rle = dir.path().join("rle.dcm");
     tool("dcmcjpeg", &["+e1", src, jpeg.to_str().unwrap()]); // JPEG Lossless SV1 (.70)
     tool("gdcmconv", &["--rle", src, rle.to_str().unwrap()]);
-    let spec = card().preprocess;
-    let reference = prepare_view(&files[0].1, &spec).unwrap();
+    let card = card();
+    let reference = prepare_view(&files[0].1, &card).unwrap();
     for (name, path, ts) in [
         ("JPEG Lossless", &jpeg, "1.2.840.10008.1.2.4.70"),
         ("RLE", &rle, "1.2.840.10008.1.2.5"),
@@ -47,7 +47,7 @@ fn jpeg_lossless_and_rle_give_the_model_the_same_input_as_uncompressed() {
             "{name} file has the expected syntax"
         );
         assert_eq!(
-            prepare_view(&bytes, &spec).unwrap(),
+            prepare_view(&bytes, &card).unwrap(),
             reference,
             "{name} decodes bit-exactly"
         );
@@ -62,9 +62,9 @@ fn monochrome1_is_inverted_to_the_same_input() {
     p.monochrome1 = true;
     let inverted = study_files(&dir.path().join("m1"), &p);
     assert_ne!(normal[0].1, inverted[0].1);
-    let spec = card().preprocess;
-    let a = prepare_view(&normal[0].1, &spec).unwrap();
-    let b = prepare_view(&inverted[0].1, &spec).unwrap();
+    let card = card();
+    let a = prepare_view(&normal[0].1, &card).unwrap();
+    let b = prepare_view(&inverted[0].1, &card).unwrap();
     let worst = a
         .iter()
         .zip(&b)
@@ -193,7 +193,12 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     // The dead worker wakes up: it can change nothing.
     let late = tamiz::catalog::NewItem {
         center: "north".into(),
-        triage: tamiz::triage::untriaged("late".into(), &Default::default(), 0),
+        triage: tamiz::triage::untriaged(
+            tamiz::triage::UntriagedCause::GaveUp,
+            "late".into(),
+            &Default::default(),
+            0,
+        ),
         view_scores: vec![],
         model_version: None,
         reason: "late".into(),

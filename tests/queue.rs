@@ -66,7 +66,7 @@ async fn four_views(c: &Catalog, study: &str, now: i64) -> bool {
             )
             .await
             .unwrap();
-        if let InsertOutcome::Inserted { study_ready } = out {
+        if let InsertOutcome::Inserted { study_ready, .. } = out {
             ready |= study_ready;
         }
     }
@@ -81,6 +81,7 @@ fn item(center: &str, priority: Priority, due: i64) -> NewItem {
         right: None,
         due_ms: due,
         reason: "test".into(),
+        cause: None,
     };
     NewItem {
         center: center.into(),
@@ -97,7 +98,13 @@ async fn insert(c: &Catalog, m: &InstanceMeta) -> bool {
         .insert_instance(m, None, "k", 1, &m.sop_instance_uid, MODEL, 1000)
         .await
         .unwrap();
-    matches!(out, InsertOutcome::Inserted { study_ready: true })
+    matches!(
+        out,
+        InsertOutcome::Inserted {
+            study_ready: true,
+            ..
+        }
+    )
 }
 
 #[tokio::test]
@@ -295,7 +302,12 @@ async fn retries_wait_for_their_backoff_and_dead_letters_still_reach_a_worklist(
         assert_eq!(j2.last_error.as_deref(), Some("object store unavailable"));
         let dead = item("north", Priority::Untriaged, 7);
         let mut dead = NewItem {
-            triage: untriaged("gave up".into(), &Default::default(), 0),
+            triage: untriaged(
+                tamiz::triage::UntriagedCause::GaveUp,
+                "gave up".into(),
+                &Default::default(),
+                0,
+            ),
             ..dead.clone()
         };
         dead.center = "north".into();
@@ -374,6 +386,109 @@ async fn concurrent_claims_never_hand_out_the_same_study() {
             .map(|i| i.priority)
             .collect();
         assert_eq!(order, ["urgent", "routine", "low"]);
+    });
+}
+
+/// Inserts a late image of `view` for `study`; returns whether its job runs again.
+async fn late_view(c: &Catalog, study: &str, sop: &str, lat: Laterality, view: View) -> bool {
+    let out = c
+        .insert_instance(&meta(study, sop, lat, view), None, "k", 1, sop, MODEL, 50)
+        .await
+        .unwrap();
+    match out {
+        InsertOutcome::Inserted { retriage, .. } => retriage,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn late_views_run_the_job_again_and_update_the_one_item_by_the_rules() {
+    on_every_backend!(|b| {
+        let (c, _d) = catalog(b).await;
+        four_views(&c, "8.1", 0).await;
+        let j = c.lease_job("w", MODEL, 10, 5000).await.unwrap().unwrap();
+        // A view arriving while the job runs: it runs again once finished.
+        assert!(late_view(&c, "8.1", "8.1.9.5", Laterality::L, View::Cc).await);
+        c.finish_job(
+            &j,
+            JobOutcome::Done,
+            &item("central", Priority::Urgent, 100),
+            None,
+            20,
+        )
+        .await
+        .unwrap();
+        let again = c
+            .lease_job("w", MODEL, 30, 5000)
+            .await
+            .unwrap()
+            .expect("run again");
+        // A new run: its first attempt, the fencing token still growing.
+        assert_eq!((again.id, again.attempts, again.attempt), (j.id, 2, 1));
+        // A radiologist opens it; the new run says low: the priority stays urgent.
+        let claimed = c
+            .claim_next("central", "ana", 40, 0, None)
+            .await
+            .unwrap()
+            .unwrap();
+        c.finish_job(
+            &again,
+            JobOutcome::Done,
+            &item("central", Priority::Low, 100),
+            None,
+            50,
+        )
+        .await
+        .unwrap();
+        let s = c.study_status("8.1").await.unwrap().unwrap();
+        let w = s.worklist.unwrap();
+        assert_eq!(
+            (w.id, w.priority.as_str(), w.state.as_str()),
+            (claimed.id, "urgent", "claimed")
+        );
+        assert!(w.reason.ends_with("priority kept at urgent: the study was open when the view arrived (the new triage says low (score 0.500))"), "{}", w.reason);
+        assert_eq!(s.job_state.as_deref(), Some("done"));
+        // A work-up or For Processing image changes nothing; a screening view does.
+        let mut spot = meta("8.1", "8.1.9.6", Laterality::R, View::Cc);
+        spot.acquisition.modifiers = vec!["spot compression".into()];
+        let out = c
+            .insert_instance(&spot, None, "k", 1, "s", MODEL, 60)
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            InsertOutcome::Inserted {
+                study_ready: false,
+                retriage: false
+            }
+        );
+        // Read, then one more view: only a visible note.
+        c.record_reading(claimed.id, "ana", 1, "B", 70, None)
+            .await
+            .unwrap();
+        assert!(late_view(&c, "8.1", "8.1.9.7", Laterality::R, View::Mlo).await);
+        let third = c.lease_job("w", MODEL, 80, 5000).await.unwrap().unwrap();
+        c.finish_job(
+            &third,
+            JobOutcome::Done,
+            &item("central", Priority::Routine, 100),
+            None,
+            90,
+        )
+        .await
+        .unwrap();
+        let w = c
+            .study_status("8.1")
+            .await
+            .unwrap()
+            .unwrap()
+            .worklist
+            .unwrap();
+        assert_eq!((w.priority.as_str(), w.state.as_str()), ("urgent", "read"));
+        assert!(w.reason.ends_with("; NOTE: a screening view arrived after the reading; triage of all views now: routine (score 0.500); review the study"), "{}", w.reason);
+        // Still one item, one job.
+        assert_eq!(c.counts().await.unwrap().jobs, 1);
+        assert_eq!(c.worklist("central", 10).await.unwrap().len(), 0);
     });
 }
 
@@ -566,7 +681,13 @@ async fn racing_inserts_store_once_and_decide_completeness_once() {
         }
         let mut ready = 0;
         for h in views {
-            if h.await.unwrap() == (InsertOutcome::Inserted { study_ready: true }) {
+            if matches!(
+                h.await.unwrap(),
+                InsertOutcome::Inserted {
+                    study_ready: true,
+                    ..
+                }
+            ) {
                 ready += 1;
             }
         }
@@ -616,7 +737,13 @@ async fn an_instance_of_another_woman_or_center_is_refused_from_the_study() {
             .insert_instance(&same, None, "k", 1, "d", MODEL, 4)
             .await
             .unwrap();
-        assert_eq!(out, InsertOutcome::Inserted { study_ready: false });
+        assert_eq!(
+            out,
+            InsertOutcome::Inserted {
+                study_ready: false,
+                retriage: false
+            }
+        );
     });
 }
 

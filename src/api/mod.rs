@@ -243,7 +243,10 @@ impl IntoResponse for ApiError {
 /// what is not ready otherwise. No patient data.
 /// `GET /metrics`: Prometheus text (no patient data).
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match crate::metrics::metrics().render(&state.catalog).await {
+    match crate::metrics::metrics()
+        .render(&state.catalog, &state.config.drift)
+        .await
+    {
         Ok(text) => (
             [(
                 axum::http::header::CONTENT_TYPE,

@@ -260,7 +260,17 @@ pub async fn summary(State(state): State<AppState>) -> Result<Json<Value>, ApiEr
     let now = crate::now_ms();
     let (year, start, end) = crate::year_bounds(now);
     let s = state.catalog.summary(year, start, end, now).await?;
-    Ok(Json(serde_json::to_value(s).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    })?))
+    let drift = state.catalog.drift_weeks(now, &state.config.drift).await?;
+    let mut body = serde_json::to_value(s)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body["drift"] = json!({
+        "weeks": state.config.drift.weeks,
+        "drifting_now": drift
+            .iter()
+            .filter(|w| w.drifting && w.week_start_ms == now - 7 * crate::triage::DAY_MS)
+            .map(|w| w.center.as_str())
+            .collect::<Vec<_>>(),
+        "center_weeks": drift,
+    });
+    Ok(Json(body))
 }

@@ -27,7 +27,11 @@ pub struct Job {
     pub id: i64,
     pub study_uid: String,
     pub model_version: String,
+    /// Leases taken over the job's life: the fencing token of every update.
     pub attempts: i64,
+    /// The attempt within the current run (1 first); retries and the dead letter
+    /// count this (a late view starts a new run).
+    pub attempt: i64,
     pub last_error: Option<String>,
 }
 
@@ -54,7 +58,7 @@ const LEASE_SQL: &str = concat!(
     runnable!(),
     " ORDER BY run_after_ms, id LIMIT 1) AND ",
     runnable!(),
-    " RETURNING id, study_uid, model_version, attempts, last_error"
+    " RETURNING id, study_uid, model_version, attempts, attempts - attempts_base AS attempt, last_error"
 );
 const LEASE_SQL_PG: &str = concat!(
     "UPDATE jobs SET state = 'leased', attempts = attempts + 1, lease_owner = $1, lease_expires_ms = $2
@@ -62,7 +66,7 @@ const LEASE_SQL_PG: &str = concat!(
     runnable!(),
     " ORDER BY run_after_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND ",
     runnable!(),
-    " RETURNING id, study_uid, model_version, attempts, last_error"
+    " RETURNING id, study_uid, model_version, attempts, attempts - attempts_base AS attempt, last_error"
 );
 
 impl Catalog {
@@ -151,9 +155,15 @@ impl Catalog {
         };
         on_db!(&self.db, pool, pg => {
             let mut tx = pool.begin().await?;
+            // A late view arrived during this run (`rerun`): the job goes back to the
+            // queue for a new run, after this one's result is on the worklist.
             let n = sqlx::query(
-                "UPDATE jobs SET state = $1, finished_ms = $2, last_error = COALESCE($3, last_error),
-                     lease_owner = NULL, lease_expires_ms = NULL
+                "UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE $1 END,
+                     finished_ms = CASE WHEN rerun THEN NULL ELSE CAST($2 AS BIGINT) END,
+                     run_after_ms = CASE WHEN rerun THEN CAST($2 AS BIGINT) ELSE run_after_ms END,
+                     attempts_base = CASE WHEN rerun THEN attempts ELSE attempts_base END,
+                     rerun = FALSE,
+                     last_error = COALESCE($3, last_error), lease_owner = NULL, lease_expires_ms = NULL
                  WHERE id = $4 AND attempts = $5 AND state = 'leased'",
             )
             .bind(state)
@@ -168,7 +178,71 @@ impl Catalog {
                 tx.rollback().await?;
                 return Err(CatalogError::LeaseLost);
             }
-            insert_item!(&mut *tx, item, &job.study_uid, now_ms);
+            // The study's item, locked: a radiologist's claim waits for this update.
+            let existing: Option<(String, i64, String, String)> = sqlx::query_as(if pg {
+                "SELECT state, priority_rank, priority, reason FROM worklist_items WHERE study_uid = $1 FOR UPDATE"
+            } else {
+                "SELECT state, priority_rank, priority, reason FROM worklist_items WHERE study_uid = $1"
+            })
+            .bind(&job.study_uid)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match existing {
+                None => insert_item!(&mut *tx, item, &job.study_uid, now_ms),
+                Some((item_state, rank, priority, reason)) => {
+                    let t = &item.triage;
+                    let view_scores = (!item.view_scores.is_empty())
+                        .then(|| serde_json::to_string(&item.view_scores).unwrap_or_default());
+                    match late_update(&item_state, rank, &priority, &reason, item) {
+                        LateUpdate::Replace(reason) => {
+                            sqlx::query(
+                                "UPDATE worklist_items SET priority = $2, priority_rank = $3, triaged = $4,
+                                     score = $5, score_left = $6, score_right = $7, view_scores = $8,
+                                     model_version = $9, due_ms = $10, reason = $11, untriaged_cause = $12
+                                 WHERE study_uid = $1",
+                            )
+                            .bind(&job.study_uid)
+                            .bind(t.priority.as_str())
+                            .bind(t.priority.rank())
+                            .bind(t.score.is_some())
+                            .bind(t.score.map(f64::from))
+                            .bind(t.left.map(f64::from))
+                            .bind(t.right.map(f64::from))
+                            .bind(view_scores)
+                            .bind(&item.model_version)
+                            .bind(t.due_ms)
+                            .bind(reason)
+                            .bind(t.cause.map(|c| c.as_str()))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        LateUpdate::KeepPriority(reason) => {
+                            sqlx::query(
+                                "UPDATE worklist_items SET triaged = $2, score = $3, score_left = $4,
+                                     score_right = $5, view_scores = $6, model_version = $7, reason = $8
+                                 WHERE study_uid = $1",
+                            )
+                            .bind(&job.study_uid)
+                            .bind(t.score.is_some())
+                            .bind(t.score.map(f64::from))
+                            .bind(t.left.map(f64::from))
+                            .bind(t.right.map(f64::from))
+                            .bind(view_scores)
+                            .bind(&item.model_version)
+                            .bind(reason)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        LateUpdate::Note(reason) => {
+                            sqlx::query("UPDATE worklist_items SET reason = $2 WHERE study_uid = $1")
+                                .bind(&job.study_uid)
+                                .bind(reason)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+            }
             sqlx::query("UPDATE studies SET state = 'worklisted' WHERE study_uid = $1 AND state IN ('receiving', 'ready')")
                 .bind(&job.study_uid)
                 .execute(&mut *tx)
@@ -176,6 +250,51 @@ impl Catalog {
             tx.commit().await?;
         });
         Ok(())
+    }
+}
+
+/// How a new triage of a study already on a worklist (a late view ran its job again)
+/// changes its item, with the reason the item will show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LateUpdate {
+    /// Nobody has opened it, or the priority rises: the new triage replaces the old.
+    Replace(String),
+    /// A radiologist has it open and the priority would fall: the scores are updated,
+    /// the priority and due time kept, and the reason says so.
+    KeepPriority(String),
+    /// Already read: nothing changes but a visible note.
+    Note(String),
+}
+
+/// The rules for a late triage of an item in `state` with priority `priority` (rank
+/// `rank`) and reason `reason`. The study stays on its worklist and at its center.
+pub fn late_update(
+    state: &str,
+    rank: i64,
+    priority: &str,
+    reason: &str,
+    new: &NewItem,
+) -> LateUpdate {
+    let t = &new.triage;
+    let now = match t.score {
+        Some(s) => format!("{} (score {s:.3})", t.priority.as_str()),
+        None => t.priority.as_str().to_owned(),
+    };
+    match state {
+        "read" => LateUpdate::Note(format!(
+            "{reason}; NOTE: a screening view arrived after the reading; triage of all views now: {now}; review the study"
+        )),
+        "claimed" if t.priority.rank() > rank => {
+            LateUpdate::KeepPriority(format!(
+                "re-triaged after a late view: {}; priority kept at {priority}: the study was open when the view arrived (the new triage says {now})",
+                new.reason
+            ))
+        }
+        "claimed" if t.priority.rank() < rank => LateUpdate::Replace(format!(
+            "re-triaged after a late view, raised from {priority} while open: {}",
+            new.reason
+        )),
+        _ => LateUpdate::Replace(format!("re-triaged after a late view: {}", new.reason)),
     }
 }
 
@@ -274,5 +393,64 @@ impl Catalog {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::triage::{Priority, Triage};
+
+    fn item(priority: Priority, score: f32) -> NewItem {
+        NewItem {
+            center: "c".into(),
+            triage: Triage {
+                priority,
+                score: Some(score),
+                left: None,
+                right: None,
+                due_ms: 0,
+                reason: "r".into(),
+                cause: None,
+            },
+            view_scores: vec![],
+            model_version: None,
+            reason: "study score".into(),
+        }
+    }
+
+    #[test]
+    fn a_late_triage_never_silently_lowers_an_open_item_and_only_notes_a_read_one() {
+        let low = item(Priority::Low, 0.1);
+        let urgent = item(Priority::Urgent, 0.9);
+        assert_eq!(
+            late_update("queued", 0, "urgent", "old", &low),
+            LateUpdate::Replace("re-triaged after a late view: study score".into())
+        );
+        assert_eq!(
+            late_update("claimed", 0, "urgent", "old", &low),
+            LateUpdate::KeepPriority("re-triaged after a late view: study score; priority kept at urgent: the study was open when the view arrived (the new triage says low (score 0.100))".into())
+        );
+        assert_eq!(
+            late_update("claimed", 2, "low", "old", &urgent),
+            LateUpdate::Replace(
+                "re-triaged after a late view, raised from low while open: study score".into()
+            )
+        );
+        // Routine and untriaged share a rank: a change between them is no fall.
+        assert!(matches!(
+            late_update(
+                "claimed",
+                1,
+                "untriaged",
+                "old",
+                &item(Priority::Routine, 0.5)
+            ),
+            LateUpdate::Replace(_)
+        ));
+        assert_eq!(
+            late_update("read", 2, "low", "old", &urgent),
+            LateUpdate::Note("old; NOTE: a screening view arrived after the reading; triage of all views now: urgent (score 0.900); review the study".into())
+        );
     }
 }

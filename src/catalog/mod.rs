@@ -88,8 +88,8 @@ macro_rules! insert_item {
             .then(|| serde_json::to_string(&item.view_scores).unwrap_or_default());
         sqlx::query(
             "INSERT INTO worklist_items (study_uid, center_id, priority, priority_rank, triaged, score, score_left,
-                 score_right, view_scores, model_version, due_ms, reason, state, created_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13)
+                 score_right, view_scores, model_version, due_ms, reason, state, created_ms, untriaged_cause)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $14)
              ON CONFLICT (study_uid) DO NOTHING",
         )
         .bind($study_uid)
@@ -105,6 +105,7 @@ macro_rules! insert_item {
         .bind(t.due_ms)
         .bind(&item.reason)
         .bind($now_ms)
+        .bind(t.cause.map(|c| c.as_str()))
         .execute($conn)
         .await?;
     }};
@@ -152,8 +153,10 @@ pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 /// How an instance insert went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {
-    /// New instance; `study_ready` when it completed the four screening views.
-    Inserted { study_ready: bool },
+    /// New instance; `study_ready` when it completed the four screening views;
+    /// `retriage` when it is a screening view of a study already triaged, whose job
+    /// runs again.
+    Inserted { study_ready: bool, retriage: bool },
     /// The same bytes were already catalogued under this SOP Instance UID.
     Duplicate,
     /// Different bytes are catalogued under this SOP Instance UID.
@@ -393,14 +396,14 @@ impl Catalog {
                 .await?;
             // The study row: created, or updated (and so locked) with the latest
             // arrival. RETURNING gives the study's patient and center as they stand.
-            let (study_patient, study_center): (i64, Option<String>) = sqlx::query_as(
+            let (study_patient, study_center, study_state): (i64, Option<String>, String) = sqlx::query_as(
                 "INSERT INTO studies (study_uid, patient_id, imaging_center, state, first_received_ms, last_received_ms)
                  VALUES ($1, $2, $3, 'receiving', $4, $4)
                  ON CONFLICT (study_uid) DO UPDATE SET
                      last_received_ms = CASE WHEN excluded.last_received_ms > studies.last_received_ms
                          THEN excluded.last_received_ms ELSE studies.last_received_ms END,
                      imaging_center = COALESCE(studies.imaging_center, excluded.imaging_center)
-                 RETURNING patient_id, imaging_center",
+                 RETURNING patient_id, imaging_center, state",
             )
             .bind(&meta.study_uid)
             .bind(patient)
@@ -483,8 +486,38 @@ impl Catalog {
                     model_version,
                     now_ms
                 );
+            // A screening view of a study already triaged: its job runs again (now if
+            // it finished, after the run in progress if it is leased).
+            let a = &meta.acquisition;
+            let counts = meta.view.is_screening()
+                && a.intent == crate::dicom::Intent::Presentation
+                && a.modifiers.is_empty();
+            let mut retriage = false;
+            if counts && study_state != "receiving" {
+                let requeued = sqlx::query(
+                    "UPDATE jobs SET state = 'queued', run_after_ms = $3, attempts_base = attempts,
+                         rerun = FALSE, finished_ms = NULL
+                     WHERE study_uid = $1 AND model_version = $2 AND state IN ('done', 'dead')",
+                )
+                .bind(&meta.study_uid)
+                .bind(model_version)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let flagged = sqlx::query(
+                    "UPDATE jobs SET rerun = TRUE
+                     WHERE study_uid = $1 AND model_version = $2 AND state = 'leased'",
+                )
+                .bind(&meta.study_uid)
+                .bind(model_version)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                retriage = requeued + flagged > 0;
+            }
             tx.commit().await?;
-            Ok(InsertOutcome::Inserted { study_ready })
+            Ok(InsertOutcome::Inserted { study_ready, retriage })
         })
     }
 

@@ -100,6 +100,18 @@ pub struct ProgramSummary {
     pub target: Option<i64>,
     /// Share of the target expected by today on a pro-rata plan.
     pub expected_by_now: Option<i64>,
+    /// Studies of this year sent out untriaged, by cause (every cause listed).
+    pub untriaged_by_cause: BTreeMap<String, i64>,
+}
+
+/// Every untriaged cause with its count, zeros included.
+fn by_cause(rows: Vec<(String, i64)>) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> = crate::triage::UntriagedCause::ALL
+        .iter()
+        .map(|c| (c.as_str().to_owned(), 0))
+        .collect();
+    out.extend(rows);
+    out
 }
 
 const ITEM_COLUMNS: &str =
@@ -393,7 +405,7 @@ impl Catalog {
         year_end_ms: i64,
         now_ms: i64,
     ) -> Result<ProgramSummary> {
-        let (by_state, by_priority, centers, imaging, studies_this_year, target) = on_db!(&self.db, pool, pg => {
+        let (by_state, by_priority, centers, imaging, studies_this_year, target, untriaged) = on_db!(&self.db, pool, pg => {
             let by_state: Vec<(String, i64)> =
                 sqlx::query_as("SELECT state, COUNT(*) FROM studies GROUP BY state")
                     .fetch_all(pool)
@@ -432,7 +444,16 @@ impl Catalog {
             .bind(i64::from(year))
             .fetch_optional(pool)
             .await?;
-            (by_state, by_priority, centers, imaging, studies_this_year, target)
+            let untriaged: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT untriaged_cause, COUNT(*) FROM worklist_items
+                 WHERE untriaged_cause IS NOT NULL AND created_ms >= $1 AND created_ms < $2
+                 GROUP BY untriaged_cause",
+            )
+            .bind(year_start_ms)
+            .bind(year_end_ms)
+            .fetch_all(pool)
+            .await?;
+            (by_state, by_priority, centers, imaging, studies_this_year, target, untriaged)
         });
         let elapsed = ((now_ms - year_start_ms) as f64 / (year_end_ms - year_start_ms) as f64)
             .clamp(0.0, 1.0);
@@ -453,6 +474,7 @@ impl Catalog {
             studies_this_year,
             target,
             expected_by_now: target.map(|t| (t as f64 * elapsed).round() as i64),
+            untriaged_by_cause: by_cause(untriaged),
         })
     }
 }
@@ -472,13 +494,15 @@ pub struct QueueSnapshot {
     /// Jobs per state.
     pub jobs: Vec<(String, i64)>,
     pub open: Vec<OpenItems>,
+    /// Studies ever sent out untriaged, by cause (every cause listed).
+    pub untriaged: BTreeMap<String, i64>,
 }
 
 impl Catalog {
     /// Jobs per state, and open items per center and priority with the oldest one's
     /// creation time.
     pub async fn queue_snapshot(&self) -> Result<QueueSnapshot> {
-        let (jobs, open) = on_db!(&self.db, pool, pg => {
+        let (jobs, open, untriaged) = on_db!(&self.db, pool, pg => {
             let jobs: Vec<(String, i64)> =
                 sqlx::query_as("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
                     .fetch_all(pool)
@@ -490,8 +514,69 @@ impl Catalog {
             )
             .fetch_all(pool)
             .await?;
-            (jobs, open)
+            let untriaged: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT untriaged_cause, COUNT(*) FROM worklist_items
+                 WHERE untriaged_cause IS NOT NULL GROUP BY untriaged_cause",
+            )
+            .fetch_all(pool)
+            .await?;
+            (jobs, open, untriaged)
         });
-        Ok(QueueSnapshot { jobs, open })
+        Ok(QueueSnapshot {
+            jobs,
+            open,
+            untriaged: by_cause(untriaged),
+        })
+    }
+}
+
+impl Catalog {
+    /// Drift watch: `cfg.weeks` weeks back from `now_ms` (the first is the last 7
+    /// days), each imaging center's week against the program's (see `crate::drift`),
+    /// the most recent week first.
+    pub async fn drift_weeks(
+        &self,
+        now_ms: i64,
+        cfg: &crate::drift::DriftConfig,
+    ) -> Result<Vec<crate::drift::CenterWeek>> {
+        use crate::drift::{compare_week, Tally};
+        const WEEK_MS: i64 = 7 * crate::triage::DAY_MS;
+        let mut out = Vec::new();
+        for w in 0..i64::from(cfg.weeks) {
+            let (from, to) = (now_ms - (w + 1) * WEEK_MS, now_ms - w * WEEK_MS);
+            let rows: Vec<(String, String, i64, i64, f64, f64)> = on_db!(&self.db, pool, pg => {
+                sqlx::query_as(
+                    "SELECT s.imaging_center, w.priority, COUNT(*), COUNT(w.score),
+                            COALESCE(SUM(w.score), 0.0), COALESCE(SUM(w.score * w.score), 0.0)
+                     FROM worklist_items w JOIN studies s ON s.study_uid = w.study_uid
+                     WHERE w.created_ms >= $1 AND w.created_ms < $2 AND s.imaging_center IS NOT NULL
+                     GROUP BY s.imaging_center, w.priority
+                     ORDER BY s.imaging_center",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(pool)
+                .await?
+            });
+            let mut tallies: Vec<(String, Tally)> = Vec::new();
+            for (center, priority, n, scored, sum, sq) in rows {
+                if tallies.last().is_none_or(|(c, _)| *c != center) {
+                    tallies.push((center.clone(), Tally::default()));
+                }
+                let t = &mut tallies.last_mut().expect("pushed above").1;
+                t.studies += n;
+                match priority.as_str() {
+                    "urgent" => t.urgent += n,
+                    "low" => t.low += n,
+                    "untriaged" => t.untriaged += n,
+                    _ => {}
+                }
+                t.scored += scored;
+                t.score_sum += sum;
+                t.score_sq_sum += sq;
+            }
+            out.extend(compare_week(from, &tallies, cfg));
+        }
+        Ok(out)
     }
 }

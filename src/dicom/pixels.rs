@@ -64,6 +64,23 @@ pub enum Voi {
     },
     /// No VOI in the file: stretch the actual value range.
     MinMax,
+    /// The model card's canonical rendering, whatever VOI the file carries: see
+    /// [`canonical_lut`].
+    Canonical,
+}
+
+/// How a model wants its views rendered (`[preprocess] rendering` of its card).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rendering {
+    /// As the file says: its VOI LUT or window, else the value range.
+    #[default]
+    File,
+    /// The same for every vendor's convention: the file's VOI is ignored and the
+    /// modality values are stretched between the background and the brightest tissue
+    /// ([`canonical_lut`]), so LINEAR, SIGMOID, a VOI LUT Sequence, no window at all
+    /// and MONOCHROME1 give the same picture.
+    Canonical,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +115,8 @@ impl GrayscalePipeline {
                 width,
                 function,
             } => window(x, *center, *width, *function),
-            Voi::MinMax => {
+            // Canonical renderings come from the histogram, in `apply_with`.
+            Voi::MinMax | Voi::Canonical => {
                 if hi > lo {
                     (x - lo) / (hi - lo)
                 } else {
@@ -139,12 +157,88 @@ impl GrayscalePipeline {
             let v = value(i);
             (a.min(v), b.max(v))
         });
-        let m = |s: i32| s as f64 * self.slope + self.intercept;
-        let (lo, hi) = (m(smin).min(m(smax)), m(smin).max(m(smax)));
-        let lut: Vec<f32> = (smin..=smax).map(|s| self.display(s, lo, hi)).collect();
+        let lut: Vec<f32> = if self.voi == Voi::Canonical {
+            let mut counts = vec![0u64; (smax - smin) as usize + 1];
+            for i in 0..n {
+                counts[(value(i) - smin) as usize] += 1;
+            }
+            canonical_lut(&counts, (self.slope >= 0.0) != self.monochrome1)
+        } else {
+            let m = |s: i32| s as f64 * self.slope + self.intercept;
+            let (lo, hi) = (m(smin).min(m(smax)), m(smin).max(m(smax)));
+            (smin..=smax).map(|s| self.display(s, lo, hi)).collect()
+        };
         let data = (0..n).map(|i| lut[(value(i) - smin) as usize]).collect();
         GrayImage::new(width, height, data)
     }
+}
+
+/// The canonical rendering of an image from the histogram of its stored values
+/// (`counts[i]`: pixels with the i-th value of the stored range; `brighter_up`: whether
+/// a greater stored value is brighter after the rescale slope and MONOCHROME1). Otsu's
+/// threshold splits background from breast; the background's median renders 0 and the
+/// breast's 99.5th percentile renders 1, linearly in between. An affine change of the
+/// stored values (bit depth, pedestal, rescale, MONOCHROME1) leaves the picture as it
+/// is, and no VOI is read. Returns the display value of each stored value.
+pub fn canonical_lut(counts: &[u64], brighter_up: bool) -> Vec<f32> {
+    let n = counts.len();
+    // Pixels at the k-th value in brightness order. The brightest value present is
+    // left out of the statistics: burned-in markers and labels sit there, and would
+    // otherwise set the top of the range and flatten the breast.
+    let top = (0..n)
+        .rev()
+        .find(|&k| counts[if brighter_up { k } else { n - 1 - k }] > 0);
+    let count = |k: usize| {
+        if Some(k) == top {
+            0
+        } else {
+            counts[if brighter_up { k } else { n - 1 - k }]
+        }
+    };
+    let total: u64 = (0..n).map(count).sum();
+    if n < 2 || total == 0 {
+        return vec![0.0; n];
+    }
+    // Otsu: the split k (dark = positions < k) with the largest between-class variance.
+    let sum_all: f64 = (0..n).map(|k| k as f64 * count(k) as f64).sum();
+    let (mut w0, mut sum0) = (0f64, 0f64);
+    let (mut best, mut split) = (-1f64, 1usize);
+    for k in 1..n {
+        let c = count(k - 1) as f64;
+        w0 += c;
+        sum0 += (k - 1) as f64 * c;
+        let w1 = total as f64 - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let d = sum0 / w0 - (sum_all - sum0) / w1;
+        let between = w0 * w1 * d * d;
+        if between > best {
+            best = between;
+            split = k;
+        }
+    }
+    // The position where the running count over [from, to) reaches `q` of its pixels.
+    let quantile = |from: usize, to: usize, q: f64| -> usize {
+        let class: u64 = (from..to).map(count).sum();
+        let target = (q * class as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for k in from..to {
+            seen += count(k);
+            if seen >= target {
+                return k;
+            }
+        }
+        to - 1
+    };
+    let lo = quantile(0, split, 0.5) as f64;
+    let hi = (quantile(split, n, 0.995) as f64).max(lo + 1.0);
+    (0..n)
+        .map(|i| {
+            let k = if brighter_up { i } else { n - 1 - i };
+            ((k as f64 - lo) / (hi - lo)).clamp(0.0, 1.0) as f32
+        })
+        .collect()
 }
 
 /// The VOI window functions of PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT) and
@@ -177,14 +271,30 @@ pub fn window(x: f64, center: f64, width: f64, function: WindowFunction) -> f64 
     }
 }
 
-/// Decodes the first frame and applies the grayscale pipeline. A panic inside the
-/// decoder (dicom-rs's RLE reader panics on truncated data) becomes an error.
+/// Decodes the first frame and applies the file's grayscale pipeline.
 pub fn decode_display(obj: &DefaultDicomObject) -> Result<GrayImage, PixelError> {
+    decode(obj, Rendering::File).map(|(img, _)| img)
+}
+
+/// Decodes the first frame and renders it as `rendering` says; returns the image and
+/// the file's own pipeline (what the input checks read). A panic inside the decoder
+/// (dicom-rs's RLE reader panics on truncated data) becomes an error.
+pub fn decode(
+    obj: &DefaultDicomObject,
+    rendering: Rendering,
+) -> Result<(GrayImage, GrayscalePipeline), PixelError> {
     catch_unwind(AssertUnwindSafe(|| {
         let decoded = obj
             .decode_pixel_data()
             .map_err(|e| PixelError::Decode(e.to_string()))?;
-        let (pipeline, width, height) = read_pipeline(&decoded)?;
+        let (file_pipeline, width, height) = read_pipeline(&decoded)?;
+        let pipeline = match rendering {
+            Rendering::File => file_pipeline.clone(),
+            Rendering::Canonical => GrayscalePipeline {
+                voi: Voi::Canonical,
+                ..file_pipeline.clone()
+            },
+        };
         let n = width * height;
         let data = decoded.data();
         let bits = pipeline.bits_stored;
@@ -208,13 +318,14 @@ pub fn decode_display(obj: &DefaultDicomObject) -> Result<GrayImage, PixelError>
                 n * bytes_per
             )));
         }
-        Ok(if bytes_per == 1 {
+        let img = if bytes_per == 1 {
             pipeline.apply_with(n, width, height, |i| to_value(data[i] as u32))
         } else {
             pipeline.apply_with(n, width, height, |i| {
                 to_value(u16::from_le_bytes([data[2 * i], data[2 * i + 1]]) as u32)
             })
-        })
+        };
+        Ok((img, file_pipeline))
     }))
     .map_err(|_| PixelError::DecoderPanic)?
 }
@@ -348,6 +459,58 @@ mod tests {
         };
         // modality values -10, 0, 10 -> 0, 0.5, 1
         assert_eq!(p.apply(&[0, 5, 10], 3, 1).data, vec![0.0, 0.5, 1.0]);
+    }
+
+    #[test]
+    fn the_canonical_rendering_ignores_the_voi_and_affine_changes_of_the_values() {
+        // Background around 100, tissue 1000-2000, a few bright specks above it.
+        let mut stored: Vec<i32> = (0..600).map(|i| 100 + i % 7).collect();
+        stored.extend((0..380).map(|i| 1000 + (i * 1000) / 380));
+        stored.extend((0..20).map(|i| 2100 + 10 * i));
+        let canonical = |p: GrayscalePipeline, values: &[i32]| {
+            GrayscalePipeline {
+                voi: Voi::Canonical,
+                ..p
+            }
+            .apply(values, values.len(), 1)
+            .data
+        };
+        let base = canonical(pipeline(Voi::MinMax, false), &stored);
+        assert_eq!(base[0], 0.0, "background median renders 0");
+        assert_eq!(base[999], 1.0, "the brightest specks saturate");
+        assert!(base[700] > 0.5 && base[700] < 0.7, "{}", base[700]);
+        // Another window function, 2 more bits and a pedestal, or MONOCHROME1 storage:
+        // the same picture.
+        let sigmoid = Voi::Window {
+            center: 1500.0,
+            width: 300.0,
+            function: WindowFunction::Sigmoid,
+        };
+        let same = |other: Vec<f32>| {
+            let worst = other
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-6, "differs by {worst}");
+        };
+        same(canonical(pipeline(sigmoid, false), &stored));
+        let shifted: Vec<i32> = stored.iter().map(|v| v * 4 + 500).collect();
+        same(canonical(pipeline(Voi::MinMax, false), &shifted));
+        let inverted: Vec<i32> = stored.iter().map(|v| 4095 - v).collect();
+        same(canonical(pipeline(Voi::MinMax, true), &inverted));
+        // Burned-in markers at the stored maximum (here 5 % of the image) do not set
+        // the top of the range.
+        let mut marked = stored.clone();
+        marked.extend([4095; 50]);
+        let with_markers = canonical(pipeline(Voi::MinMax, false), &marked);
+        let worst = with_markers[..1000]
+            .iter()
+            .zip(&base)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.02, "markers change the picture by {worst}");
+        assert_eq!(with_markers[1000], 1.0);
     }
 
     #[test]
