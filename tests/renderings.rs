@@ -78,11 +78,20 @@ fn parts(dir: &Path) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Sends the study; returns (priority, study score, reason).
+/// Sends the study; returns (priority, study score, reason). A 503 ("the object store
+/// failed ... retry later": s3s-fs drops a connection now and then under the load of
+/// many 27 MB studies) is retried, as `tamiz upload` retries it.
 async fn triage(t: &TestServer, dir: &Path, study: &str) -> (String, Option<f64>, String) {
-    let (code, body) = t
-        .stow("/dicomweb/studies", &parts(dir), Some("clinic-b"))
-        .await;
+    let parts = parts(dir);
+    let mut tries = 0;
+    let (code, body) = loop {
+        let (code, body) = t.stow("/dicomweb/studies", &parts, Some("clinic-b")).await;
+        tries += 1;
+        if code != 503 || tries == 4 {
+            break (code, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    };
     assert_eq!(code, 200, "{body}");
     let item = t.wait_worklisted(study).await.worklist.unwrap();
     (item.priority, item.score, item.reason)
@@ -145,12 +154,10 @@ async fn every_rendering_gives_the_same_priority(seed: u64, lesion: bool) {
     t.stop().await;
 }
 
+/// Both studies in one test, one after the other: two tests at once put 24 uploads of
+/// 27 MB on the S3 server together.
 #[tokio::test]
-async fn sigmoid_voi_lut_no_window_16_bit_voi_lut_and_monochrome1_score_as_linear_cancer_study() {
+async fn sigmoid_voi_lut_no_window_16_bit_voi_lut_and_monochrome1_score_as_linear() {
     every_rendering_gives_the_same_priority(41, true).await;
-}
-
-#[tokio::test]
-async fn sigmoid_voi_lut_no_window_16_bit_voi_lut_and_monochrome1_score_as_linear_normal_study() {
     every_rendering_gives_the_same_priority(42, false).await;
 }
