@@ -66,15 +66,7 @@ async fn a_center_sending_raw_images_all_week_is_flagged_in_the_summary_and_metr
         summary["untriaged_by_cause"]["view_selection"], 3,
         "{summary}"
     );
-    let text = t
-        .http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = t.metrics_text().await;
     assert!(
         text.contains("tamiz_center_drifting{center=\"clinic-b\"} 1"),
         "{text}"

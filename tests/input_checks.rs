@@ -126,17 +126,6 @@ async fn outcome(t: &TestServer, study: &str, parts: &[Vec<u8>]) -> (String, Str
     (item.priority, item.reason)
 }
 
-async fn metrics(t: &TestServer) -> String {
-    t.http
-        .get(format!("{}/metrics", t.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn raw_data_labelled_for_presentation_goes_out_untriaged_and_is_counted() {
     let t = TestServer::start().await;
@@ -171,7 +160,7 @@ async fn raw_data_labelled_for_presentation_goes_out_untriaged_and_is_counted() 
         summary["untriaged_by_cause"]["view_selection"], 0,
         "{summary}"
     );
-    let text = metrics(&t).await;
+    let text = t.metrics_text().await;
     assert!(
         text.contains("tamiz_untriaged_studies{cause=\"input_check\"} 1"),
         "{text}"

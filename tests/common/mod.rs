@@ -301,6 +301,18 @@ impl TestServer {
         }
     }
 
+    /// The body of `GET /metrics` (an open route).
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("body")
+    }
+
     /// Status of `GET /healthz`.
     pub async fn healthz(&self) -> u16 {
         let resp = self
