@@ -20,10 +20,13 @@
 //!   new users.
 //! - [`oidc`]: bearer JWTs of a configured OIDC provider (JWKS, issuer, audience).
 //! - [`metrics`]: `/metrics` (Prometheus text).
+//! - [`views`]: which stored images the model scores, by their DICOM meaning.
+//! - [`input_check`]: the checks a view passes before the model sees it.
 //! - [`preprocess`]: display image → model tensor, as the model card says.
 //! - [`model`]: model card and the ONNX Runtime session thread.
 //! - [`triage`]: per-view scores → priority class and due time.
 //! - [`routing`]: study → diagnosis center.
+//! - [`drift`]: per imaging center and week against the program (summary, metrics).
 //! - [`worker`]: lease → fetch → decode → infer → route → finish; `tamiz worker`.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator, sign-in), each with its
 //!   access rule; the audit log of patient data read or changed.
