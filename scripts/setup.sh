@@ -52,20 +52,22 @@ setup_ort() {
   say "ONNX Runtime: $(pwd)/.ort/libonnxruntime.so"
 }
 
-setup_dicom_tools() {
-  command -v dcmcjpeg >/dev/null && command -v gdcmconv >/dev/null && return
-  say "installing dcmtk and libgdcm-tools (Debian)"
+# The Debian packages of the tests, in one apt transaction (each `apt-get update` costs
+# a CI run ~15 s): dcmtk and GDCM to encode and check test files, PostgreSQL for the
+# private cluster, and Chromium with its WebDriver, the real browser of the sign-in
+# tests (Selenium is given their paths, so it never downloads a browser or driver).
+setup_debian_packages() {
+  local missing=()
+  command -v dcmcjpeg >/dev/null || missing+=(dcmtk)
+  command -v gdcmconv >/dev/null || missing+=(libgdcm-tools)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+  ((${#missing[@]})) || return 0
+  say "installing ${missing[*]} (Debian)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq dcmtk libgdcm-tools >/dev/null
-}
-
-setup_postgres() {
-  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && return
-  say "installing PostgreSQL (Debian), for the tests' private cluster"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq postgresql >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # The S3-compatible server of the tests (s3s-fs: conditional writes, multipart,
@@ -95,22 +97,10 @@ setup_test_venv() {
   .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" "selenium==4.27.1"
 }
 
-# The browser of the sign-in tests: Debian's Chromium and its WebDriver (Selenium is
-# given their paths, so it never downloads a browser or driver).
-setup_browser() {
-  [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return
-  say "installing chromium and chromium-driver (Debian), for the browser tests"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq chromium chromium-driver >/dev/null
-}
-
 setup_ort
 if [[ ${1:-} == --test ]]; then
-  setup_dicom_tools
-  setup_postgres
+  setup_debian_packages
   setup_s3_server
   setup_mammograms
   setup_test_venv
-  setup_browser
 fi
