@@ -162,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             catalog: catalog.clone(),
             store,
             model: model.clone(),
+            router: std::sync::Arc::new(tamiz::routing::Router::new(&config)),
             config,
         };
         let mut times = Vec::new();

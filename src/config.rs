@@ -50,6 +50,11 @@ pub struct Config {
     pub diagnosis_centers: Vec<DiagnosisCenter>,
     pub imaging_centers: Vec<ImagingCenter>,
     pub targets: Vec<Target>,
+    /// The institutions that run diagnosis centers and exchange reading services.
+    pub institutions: Vec<Institution>,
+    /// Which institution may read for which, at what price (`src/routing/`).
+    pub agreements: Vec<Agreement>,
+    pub exchange: ExchangeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +93,10 @@ pub struct CatalogConfig {
     /// `pseudonym.salt` in `server.data_dir`, created on first start with SQLite;
     /// with PostgreSQL every node must be given the same file (a mounted secret).
     pub salt_file: Option<PathBuf>,
+    /// A catalog whose loss costs nothing (`tamiz simulate`): SQLite commits without
+    /// waiting for the disk. Never set from the file.
+    #[serde(skip)]
+    pub scratch: bool,
 }
 
 /// Where instance bytes are kept: an S3 bucket, or (unset) `objects/` in the data
@@ -320,11 +329,112 @@ impl Default for InboxConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiagnosisCenter {
     pub id: String,
     pub name: String,
+    /// The institution that runs this center (one of `[[institutions]]`).
+    #[serde(default)]
+    pub institution: Option<String>,
+    /// Exchange groups: a study whose home center would read it too late may go to a
+    /// center of another institution that shares a group with its home center.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Reading capacity; without it the center is never projected, and its studies
+    /// stay at home as routed by imaging center.
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+}
+
+/// A diagnosis center's reading capacity, on its calendar.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    /// Studies read per working day.
+    pub reads_per_day: f64,
+    /// Working days: "mon" .. "sun" (default Monday to Friday).
+    #[serde(default = "default_working_days")]
+    pub working_days: Vec<String>,
+    /// Days without reading, "YYYY-MM-DD".
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    /// Days with another capacity than `reads_per_day` (a half day, an extra session).
+    #[serde(default)]
+    pub overrides: Vec<CapacityOverride>,
+}
+
+fn default_working_days() -> Vec<String> {
+    ["mon", "tue", "wed", "thu", "fri"]
+        .map(String::from)
+        .to_vec()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityOverride {
+    /// "YYYY-MM-DD".
+    pub date: String,
+    pub reads: f64,
+}
+
+/// An institution of the program (each runs some diagnosis centers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Institution {
+    pub id: String,
+    pub name: String,
+}
+
+/// What institution `reader` agreed to do for institution `home`: read the studies
+/// of `home`'s beneficiaries, at a price per read, up to a monthly number. Without an
+/// agreement, studies never go from `home` to `reader`; within one institution they
+/// may always move, at no price.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agreement {
+    /// The institution whose studies are read (and which pays).
+    pub home: String,
+    /// The institution that reads them.
+    pub reader: String,
+    #[serde(default = "yes")]
+    pub allowed: bool,
+    #[serde(default)]
+    pub price_per_read: f64,
+    /// Most studies routed from `home` to `reader` per calendar month.
+    #[serde(default)]
+    pub monthly_cap: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The program's calendar and the rebalancing pass.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeConfig {
+    /// Hours east of UTC of the program's clock: working days, holidays and the
+    /// months of the accounts are counted in it (Mexico City: -6).
+    pub utc_offset_hours: i32,
+    /// Reading hours of a working day, local time, `[start, end)`: a day's capacity is
+    /// spread evenly over them.
+    pub reading_hours: [u32; 2],
+    /// How often the rebalancing pass runs (0: never).
+    pub rebalance_interval_secs: u64,
+    /// The currency of `price_per_read`, for the accounts.
+    pub currency: String,
+}
+
+impl Default for ExchangeConfig {
+    fn default() -> Self {
+        ExchangeConfig {
+            utc_offset_hours: 0,
+            reading_hours: [8, 16],
+            rebalance_interval_secs: 300,
+            currency: "MXN".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,9 +480,13 @@ impl Default for Config {
             diagnosis_centers: vec![DiagnosisCenter {
                 id: "central".into(),
                 name: "Central diagnosis center".into(),
+                ..Default::default()
             }],
             imaging_centers: Vec::new(),
             targets: Vec::new(),
+            institutions: Vec::new(),
+            agreements: Vec::new(),
+            exchange: ExchangeConfig::default(),
         }
     }
 }
@@ -578,6 +692,7 @@ impl Config {
                 }
             }
         }
+        self.validate_exchange()?;
         let l = &self.limits;
         if l.max_nesting_depth == 0 || l.max_nesting_depth > 256 {
             // dicom-rs recurses once per level: deeper risks the parser's stack.
@@ -622,6 +737,94 @@ impl Config {
 
     pub fn imaging_center(&self, id: &str) -> Option<&ImagingCenter> {
         self.imaging_centers.iter().find(|c| c.id == id)
+    }
+
+    pub fn diagnosis_center(&self, id: &str) -> Option<&DiagnosisCenter> {
+        self.diagnosis_centers.iter().find(|c| c.id == id)
+    }
+
+    /// The agreement under which `reader` reads for `home`, if any.
+    pub fn agreement(&self, home: &str, reader: &str) -> Option<&Agreement> {
+        self.agreements
+            .iter()
+            .find(|a| a.home == home && a.reader == reader)
+    }
+
+    /// Institutions, agreements, capacities and calendars: every reference known,
+    /// every number in range, every date a date.
+    fn validate_exchange(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut inst = HashSet::new();
+        for i in &self.institutions {
+            check_id(&i.id)?;
+            if !inst.insert(i.id.as_str()) {
+                return bad(format!("institution `{}` is defined twice", i.id));
+            }
+        }
+        let e = &self.exchange;
+        if !(-12..=14).contains(&e.utc_offset_hours) {
+            return bad("exchange.utc_offset_hours must be -12..=14".into());
+        }
+        let [start, end] = e.reading_hours;
+        if start >= end || end > 24 {
+            return bad(
+                "exchange.reading_hours must be [start, end) with start < end <= 24".into(),
+            );
+        }
+        for d in &self.diagnosis_centers {
+            if let Some(i) = &d.institution {
+                if !inst.contains(i.as_str()) {
+                    return bad(format!(
+                        "diagnosis center `{}` names institution `{i}`, which is not among [[institutions]]",
+                        d.id
+                    ));
+                }
+            }
+            if !d.groups.is_empty() && (d.institution.is_none() || d.capacity.is_none()) {
+                return bad(format!(
+                    "diagnosis center `{}` is in exchange groups, so it needs an institution and a capacity",
+                    d.id
+                ));
+            }
+            for g in &d.groups {
+                check_id(g)?;
+            }
+            if let Some(c) = &d.capacity {
+                crate::routing::Calendar::new(c, e).map_err(|m| {
+                    ConfigError::Invalid(format!("diagnosis center `{}`: capacity: {m}", d.id))
+                })?;
+            }
+        }
+        let mut pairs = HashSet::new();
+        for a in &self.agreements {
+            for i in [&a.home, &a.reader] {
+                if !inst.contains(i.as_str()) {
+                    return bad(format!(
+                        "agreement {} -> {} names institution `{i}`, which is not among [[institutions]]",
+                        a.home, a.reader
+                    ));
+                }
+            }
+            if a.home == a.reader {
+                return bad(format!(
+                    "agreement {} -> {}: an institution needs no agreement with itself",
+                    a.home, a.reader
+                ));
+            }
+            if !pairs.insert((a.home.as_str(), a.reader.as_str())) {
+                return bad(format!(
+                    "agreement {} -> {} is defined twice",
+                    a.home, a.reader
+                ));
+            }
+            if !(a.price_per_read.is_finite() && a.price_per_read >= 0.0) {
+                return bad(format!(
+                    "agreement {} -> {}: price_per_read must be a number >= 0",
+                    a.home, a.reader
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -57,6 +57,7 @@ pub mod parallel;
 pub mod preprocess;
 pub mod routing;
 pub mod server;
+pub mod simulate;
 pub mod spool;
 pub mod storage;
 pub mod synth;

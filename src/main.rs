@@ -85,6 +85,35 @@ enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
+    /// A year of the program through the real routing code, home-only routing beside
+    /// exchange of services: waits, reads within the due time and within 7 days, and
+    /// exchange volume per center and institution.
+    Simulate {
+        #[arg(long, default_value = "pipeline.toml")]
+        config: PathBuf,
+        #[arg(long, default_value_t = 500_000)]
+        studies: u64,
+        #[arg(long, default_value_t = 2027)]
+        year: i32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 0.04)]
+        urgent_share: f64,
+        #[arg(long, default_value_t = 0.03)]
+        untriaged_share: f64,
+        #[arg(long, default_value_t = 0.55)]
+        low_share: f64,
+        /// Share of a center's working days with half its readers absent.
+        #[arg(long, default_value_t = 0.05)]
+        absence_rate: f64,
+        /// CENTER=FACTOR: a diagnosis center reads at FACTOR times its capacity
+        /// (repeatable), e.g. `--capacity hospital-norte=0.5`.
+        #[arg(long, value_parser = parse_capacity)]
+        capacity: Vec<(String, f64)>,
+        /// Scratch catalogs (removed at the end) [default: a temporary folder].
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
     /// Score a labelled folder (DICOM files + labels.csv) with the pipeline's own path.
     Evaluate {
         dir: PathBuf,
@@ -277,6 +306,35 @@ fn main() -> anyhow::Result<()> {
                 },
             ))
         }
+        Command::Simulate {
+            config,
+            studies,
+            year,
+            seed,
+            urgent_share,
+            untriaged_share,
+            low_share,
+            absence_rate,
+            capacity,
+            work_dir,
+        } => {
+            let config = Config::load(&config, true)?;
+            let options = tamiz::simulate::Options {
+                studies,
+                year,
+                seed,
+                urgent_share,
+                untriaged_share,
+                low_share,
+                absence_rate,
+                capacity_factors: capacity,
+            };
+            let tmp = tempfile::tempdir_in(work_dir.unwrap_or_else(std::env::temp_dir))
+                .context("creating the simulation's scratch folder")?;
+            let report = tamiz::simulate::run(&config, &options, tmp.path())?;
+            print!("{}", report.table());
+            Ok(())
+        }
         Command::Evaluate { dir, card, by } => {
             let model = tamiz::model::Model::load(&card, 0)?;
             let e = tamiz::evaluate::evaluate(&dir, &model, &Default::default(), by.as_deref())?;
@@ -397,4 +455,18 @@ async fn users(config: Config, action: UsersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `CENTER=FACTOR` of `tamiz simulate --capacity`.
+fn parse_capacity(s: &str) -> Result<(String, f64), String> {
+    let (center, factor) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not CENTER=FACTOR"))?;
+    let f: f64 = factor
+        .parse()
+        .map_err(|_| format!("`{factor}` is not a number"))?;
+    if !(f.is_finite() && f > 0.0) {
+        return Err(format!("the factor of {center} must be > 0"));
+    }
+    Ok((center.to_owned(), f))
 }

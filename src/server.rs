@@ -92,6 +92,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
             store: store.clone(),
             model,
             config: config.clone(),
+            router: Arc::new(crate::routing::Router::new(&config)),
         };
         tasks.extend(worker::spawn_slots(
             &ctx,
@@ -106,6 +107,14 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         model_version.clone(),
         shutdown_rx.clone(),
     )));
+
+    if config.exchange.rebalance_interval_secs > 0 {
+        tasks.push(tokio::spawn(rebalance_worklists(
+            catalog.clone(),
+            config.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
 
     let store_handle = store.clone();
     let ingest = Ingest {
@@ -161,6 +170,29 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         shutdown: shutdown_tx,
         tasks,
     })
+}
+
+/// Moves queued items that their center would read too late to a partner center
+/// (`routing::rebalance`); safe with several API nodes.
+async fn rebalance_worklists(
+    catalog: Catalog,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let router = crate::routing::Router::new(&config);
+    let every = Duration::from_secs(config.exchange.rebalance_interval_secs.max(1));
+    loop {
+        let now = catalog.clock_ms().await.unwrap_or_else(|_| crate::now_ms());
+        match crate::routing::rebalance(&router, &catalog, now).await {
+            Ok(moved) if moved.is_empty() => {}
+            Ok(moved) => tracing::info!(items = moved.len(), "worklist items rebalanced"),
+            Err(e) => tracing::warn!(error = %e, "rebalancing failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// Makes ready the studies that stopped receiving instances without completing their

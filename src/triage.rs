@@ -51,6 +51,10 @@ impl Priority {
             _ => return None,
         })
     }
+    /// When a study of this class received at `received_ms` must be read by.
+    pub fn due_ms(self, cfg: &TriageConfig, received_ms: i64) -> i64 {
+        received_ms + self.days(cfg) as i64 * DAY_MS
+    }
     fn days(self, cfg: &TriageConfig) -> u32 {
         match self {
             Priority::Urgent => cfg.urgent_days,

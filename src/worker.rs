@@ -20,7 +20,6 @@ use crate::config::Config;
 use crate::dicom::pixels::decode;
 use crate::model::{Model, ModelCard};
 use crate::preprocess::{preprocess_oriented, Orientation};
-use crate::routing::route;
 use crate::storage::ObjectStore;
 use crate::triage::{classify, untriaged, UntriagedCause, ViewScore};
 
@@ -57,6 +56,8 @@ pub struct WorkerContext {
     pub store: Arc<dyn ObjectStore>,
     pub model: Model,
     pub config: Arc<Config>,
+    /// Home center, or another by projected completion (`src/routing/`).
+    pub router: Arc<crate::routing::Router>,
 }
 
 /// Aborts the task when dropped, so a heartbeat never outlives its job (an early
@@ -130,6 +131,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningWorkers> {
         store,
         model,
         config: config.clone(),
+        router: Arc::new(crate::routing::Router::new(&config)),
     };
     let (shutdown, rx) = watch::channel(false);
     let tasks = spawn_slots(&ctx, config.worker.concurrency.max(1), &rx);
@@ -219,9 +221,9 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
             return;
         }
     };
-    let routed = route(&ctx.config, origin.as_deref());
     let untriaged_item = |cause: UntriagedCause, reason: String| NewItem {
-        center: routed.center.clone(),
+        center: String::new(),
+        home_center: None,
         triage: untriaged(cause, reason, &ctx.config.triage, received_ms),
         view_scores: Vec::new(),
         model_version: None,
@@ -242,7 +244,8 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
                 triage.reason.push_str(note);
             }
             let item = NewItem {
-                center: routed.center.clone(),
+                center: String::new(),
+                home_center: None,
                 triage,
                 view_scores: scored.view_scores,
                 model_version: Some(card.version_key()),
@@ -284,14 +287,33 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
             )
         }
     };
+    let now = crate::now_ms();
+    let routed = match ctx
+        .router
+        .route(
+            &ctx.catalog,
+            origin.as_deref(),
+            item.triage.priority,
+            item.triage.due_ms,
+            now,
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "routing the study failed; the lease will expire and the job run again");
+            return;
+        }
+    };
     item.reason = format!(
         "{}; routed to {}: {}",
         item.triage.reason, routed.center, routed.reason
     );
     item.center = routed.center;
+    item.home_center = Some(routed.home);
     match ctx
         .catalog
-        .finish_job(&job, outcome, &item, error.as_deref(), crate::now_ms())
+        .finish_job(&job, outcome, &item, error.as_deref(), now)
         .await
     {
         Ok(()) => {

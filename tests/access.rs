@@ -83,7 +83,7 @@ fn expected(method: &Method, path: &str, who: Who) -> Expect {
         | ("POST", "/api/v1/centers/{center}/worklist/claim")
         | ("POST", "/api/v1/worklist/{item}/release")
         | ("POST", "/api/v1/worklist/{item}/reading") => allowed(&["admin", "radiologist-central"]),
-        ("GET", "/api/v1/summary") => allowed(&["admin", "coordinator"]),
+        ("GET", "/api/v1/summary" | "/api/v1/exchange") => allowed(&["admin", "coordinator"]),
         ("GET", "/api/v1/audit") => allowed(&["admin"]),
         (m, p) => panic!(
             "route {m} {p} has no row in the access matrix of tests/access.rs: \

@@ -192,6 +192,7 @@ async fn a_worker_killed_mid_job_neither_loses_nor_duplicates_the_study() {
     assert!(s.worklist.as_ref().unwrap().triaged);
     // The dead worker wakes up: it can change nothing.
     let late = tamiz::catalog::NewItem {
+        home_center: None,
         center: "north".into(),
         triage: tamiz::triage::untriaged(
             tamiz::triage::UntriagedCause::GaveUp,

@@ -84,6 +84,7 @@ fn item(center: &str, priority: Priority, due: i64) -> NewItem {
         cause: None,
     };
     NewItem {
+        home_center: None,
         center: center.into(),
         triage,
         view_scores: vec![],

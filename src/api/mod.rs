@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod exchange;
 mod multipart;
 mod session;
 mod stow;
@@ -138,6 +139,12 @@ fn routes() -> Vec<Route> {
             "/api/v1/summary",
             Roles(PROGRAM),
             worklist::summary,
+        ),
+        route(
+            Method::GET,
+            "/api/v1/exchange",
+            Roles(PROGRAM),
+            exchange::accounts_of_month,
         ),
         route(Method::GET, "/api/v1/audit", Roles(ADMINS), audit::query),
     ]

@@ -403,6 +403,7 @@ mod tests {
 
     fn item(priority: Priority, score: f32) -> NewItem {
         NewItem {
+            home_center: None,
             center: "c".into(),
             triage: Triage {
                 priority,

@@ -88,8 +88,9 @@ macro_rules! insert_item {
             .then(|| serde_json::to_string(&item.view_scores).unwrap_or_default());
         sqlx::query(
             "INSERT INTO worklist_items (study_uid, center_id, priority, priority_rank, triaged, score, score_left,
-                 score_right, view_scores, model_version, due_ms, reason, state, created_ms, untriaged_cause)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $14)
+                 score_right, view_scores, model_version, due_ms, reason, state, created_ms, untriaged_cause,
+                 home_center_id, routed_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $13, $14, $15, $13)
              ON CONFLICT (study_uid) DO NOTHING",
         )
         .bind($study_uid)
@@ -106,6 +107,7 @@ macro_rules! insert_item {
         .bind(&item.reason)
         .bind($now_ms)
         .bind(t.cause.map(|c| c.as_str()))
+        .bind(item.home_center.as_deref().unwrap_or(&item.center))
         .execute($conn)
         .await?;
     }};
@@ -113,6 +115,7 @@ macro_rules! insert_item {
 
 #[macro_use]
 mod audit;
+mod exchange;
 mod inbox;
 mod jobs;
 mod sessions;
@@ -120,6 +123,7 @@ mod users;
 mod worklist;
 
 pub use audit::{AuditContext, AuditEntry, AuditQuery, AuditRow};
+pub use exchange::{CenterPairCount, ItemMove, OpenItem, SimulatedStudy};
 pub use jobs::{Job, JobOutcome};
 pub use sessions::{PasswordRecord, SessionIdentity};
 pub use users::{Identity, Role, RoleText, User};
@@ -225,10 +229,17 @@ impl Catalog {
                     .journal_mode(SqliteJournalMode::Wal)
                     // FULL: a commit is on disk before the client hears "stored"
                     // (NORMAL in WAL mode may lose the last commits on power loss).
-                    .synchronous(SqliteSynchronous::Full)
+                    .synchronous(if c.scratch {
+                        SqliteSynchronous::Off
+                    } else {
+                        SqliteSynchronous::Full
+                    })
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(30));
+                // A connection to a local file does not drop like a network one:
+                // no ping (a round trip to SQLite's thread) before each use.
                 let pool = SqlitePoolOptions::new()
+                    .test_before_acquire(false)
                     .max_connections(if c.max_connections == 0 {
                         8
                     } else {

@@ -11,6 +11,8 @@ use crate::triage::{Priority, Triage, ViewScore};
 #[derive(Debug, Clone)]
 pub struct NewItem {
     pub center: String,
+    /// Where the study would be read without exchange (`None`: `center`).
+    pub home_center: Option<String>,
     pub triage: Triage,
     pub view_scores: Vec<ViewScore>,
     pub model_version: Option<String>,
@@ -34,6 +36,9 @@ pub struct WorklistItem {
     pub reason: String,
     pub state: String,
     pub claimed_by: Option<String>,
+    /// The center that would read it without exchange of services.
+    #[sqlx(rename = "home_center_id")]
+    pub home_center: Option<String>,
 }
 
 /// The item a radiologist just claimed, with what is needed to open the study.
@@ -64,6 +69,8 @@ pub struct StudyStatus {
     pub view_scores: Option<serde_json::Value>,
     pub model_version: Option<String>,
     pub reading: Option<Reading>,
+    /// Moves of its worklist item between centers by the rebalancing pass, oldest first.
+    pub moves: Vec<super::ItemMove>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -115,7 +122,7 @@ fn by_cause(rows: Vec<(String, i64)>) -> BTreeMap<String, i64> {
 }
 
 const ITEM_COLUMNS: &str =
-    "id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by";
+    "id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by, home_center_id";
 
 /// Claimable items of center `$3` at cut-off `$4`: queued, or claimed by someone
 /// whose claim is older than the cut-off (abandoned claims return to the queue).
@@ -142,7 +149,7 @@ macro_rules! claim_candidates {
              UPDATE worklist_items SET state = 'claimed', claimed_by = $1, claimed_ms = $2
              WHERE id = (SELECT id FROM pick) AND ",
             claimable!(),
-            " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by"
+            " RETURNING id, study_uid, center_id, priority, triaged, score, score_left, score_right, due_ms, reason, state, claimed_by, home_center_id"
         )
     };
 }
@@ -378,6 +385,7 @@ impl Catalog {
             return Ok(None);
         };
         let (view_scores, model_version) = extra.unwrap_or_default();
+        let moves = self.item_moves(study_uid).await?;
         Ok(Some(StudyStatus {
             study_uid: study_uid.to_owned(),
             state,
@@ -393,6 +401,7 @@ impl Catalog {
             view_scores: view_scores.and_then(|s| serde_json::from_str(&s).ok()),
             model_version,
             reading,
+            moves,
         }))
     }
 

@@ -31,10 +31,12 @@ pub fn test_config(data_dir: &Path) -> Config {
         DiagnosisCenter {
             id: "central".into(),
             name: "Central".into(),
+            ..Default::default()
         },
         DiagnosisCenter {
             id: "north".into(),
             name: "North".into(),
+            ..Default::default()
         },
     ];
     c.imaging_centers = vec![
