@@ -36,18 +36,31 @@ $build_only && exit 0
 rm -rf fuzz/seeds
 FUZZ_SEEDS="$PWD/fuzz/seeds" cargo test --quiet --test hostile_corpus write_fuzz_seeds -- --ignored >/dev/null
 
-status=0
-for target in ingest_file stow_multipart; do
+# Both targets at once, one per core: CI waits for the longest, not the sum.
+fuzz_target() { # target
+  local target=$1
   mkdir -p "fuzz/corpus/$target"
-  seeds=("fuzz/seeds/$target")
+  local seeds=("fuzz/seeds/$target")
   [[ -d "fuzz/regressions/$target" ]] && seeds+=("fuzz/regressions/$target")
-  log="fuzz/$target.log"
+  local log="fuzz/$target.log"
   echo "== fuzz $target for ${secs}s" >&2
   mkdir -p "fuzz/artifacts/$target"
-  if ! "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" \
-      "fuzz/corpus/$target" "${seeds[@]}" \
-      -max_total_time="$secs" -rss_limit_mb=2048 -max_len=262144 -timeout=10 \
-      -print_final_stats=1 >"$log" 2>&1; then
+  "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" \
+    "fuzz/corpus/$target" "${seeds[@]}" \
+    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=262144 -timeout=10 \
+    -print_final_stats=1 >"$log" 2>&1
+}
+targets=(ingest_file stow_multipart)
+pids=()
+for target in "${targets[@]}"; do
+  fuzz_target "$target" &
+  pids+=($!)
+done
+status=0
+for i in "${!targets[@]}"; do
+  target=${targets[$i]}
+  log="fuzz/$target.log"
+  if ! wait "${pids[$i]}"; then
     status=1
     echo "fuzz: $target FAILED; the input is in fuzz/artifacts/$target/:" >&2
     grep -E "panicked|ERROR|SUMMARY|artifact" "$log" | head -20 >&2 || true
