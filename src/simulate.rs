@@ -201,6 +201,9 @@ async fn run_one(
     cfg.server.data_dir = dir.to_owned();
     cfg.catalog.url = None;
     cfg.catalog.scratch = true;
+    // One connection: its page cache stays warm (a write through another connection
+    // of a pool empties every other connection's cache).
+    cfg.catalog.max_connections = 1;
     cfg.catalog.salt_file = Some(dir.join("pseudonym.salt"));
     let db = dir.join("catalog.sqlite");
     for suffix in ["", "-wal", "-shm"] {

@@ -236,6 +236,12 @@ impl Catalog {
                     })
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(30));
+                // A scratch catalog is read all over at every step: 256 MiB of cache.
+                let opts = if c.scratch {
+                    opts.pragma("cache_size", "-262144")
+                } else {
+                    opts
+                };
                 // A connection to a local file does not drop like a network one:
                 // no ping (a round trip to SQLite's thread) before each use.
                 let pool = SqlitePoolOptions::new()

@@ -175,32 +175,67 @@ impl Router {
         }))
     }
 
-    /// Whether `agreement`'s monthly cap is reached in the month of `now_ms`.
-    async fn cap_reached(
+    /// Studies routed this month (the month of `now_ms`) from each institution's centers
+    /// to another institution's, keyed (home institution, reader institution).
+    async fn routed_this_month(
         &self,
         catalog: &Catalog,
-        agreement: &Agreement,
         now_ms: i64,
-    ) -> Result<bool, CatalogError> {
-        let Some(cap) = agreement.monthly_cap else {
-            return Ok(false);
-        };
+    ) -> Result<HashMap<(String, String), i64>, CatalogError> {
         let (_, from, to) = month_of(now_ms, self.config.exchange.utc_offset_hours);
-        let routed: i64 = catalog
-            .routed_away(from, to)
-            .await?
-            .iter()
-            .filter(|p| {
-                self.institution(&p.home_center) == Some(agreement.home.as_str())
-                    && self.institution(&p.center) == Some(agreement.reader.as_str())
-            })
-            .map(|p| p.count)
-            .sum();
-        Ok(routed >= cap as i64)
+        let mut used: HashMap<(String, String), i64> = HashMap::new();
+        for p in catalog.routed_away(from, to).await? {
+            if let (Some(h), Some(r)) = (
+                self.institution(&p.home_center),
+                self.institution(&p.center),
+            ) {
+                *used.entry((h.to_owned(), r.to_owned())).or_default() += p.count;
+            }
+        }
+        Ok(used)
+    }
+
+    /// Whether `agreement`'s monthly cap is reached, given this month's routed counts.
+    fn capped(agreement: &Agreement, used: &HashMap<(String, String), i64>) -> bool {
+        agreement.monthly_cap.is_some_and(|cap| {
+            used.get(&(agreement.home.clone(), agreement.reader.clone()))
+                .copied()
+                .unwrap_or(0)
+                >= cap as i64
+        })
+    }
+
+    /// The candidate that would read a study first, from each candidate's agreement
+    /// (another institution's), whether that agreement's cap is reached, and its
+    /// projection; with a note on each candidate skipped for its cap. Ties go to the
+    /// first candidate (the configuration's order).
+    fn choose<'a>(
+        candidates: impl IntoIterator<Item = (&'a str, Option<&'a Agreement>, bool, Option<Projection>)>,
+    ) -> (Option<(String, Projection)>, Vec<String>) {
+        let mut best: Option<(String, Projection)> = None;
+        let mut notes = Vec::new();
+        for (center, agreement, capped, projection) in candidates {
+            if capped {
+                if let Some(a) = agreement {
+                    notes.push(format!(
+                        "{center} skipped: the {} -> {} monthly cap of {} is reached",
+                        a.home,
+                        a.reader,
+                        a.monthly_cap.unwrap_or(0)
+                    ));
+                }
+                continue;
+            }
+            let Some(p) = projection else { continue };
+            if best.as_ref().is_none_or(|(_, b)| p.earlier_than(b)) {
+                best = Some((center.to_owned(), p));
+            }
+        }
+        (best, notes)
     }
 
     /// The partner of `home` (other than `current`) that would read a study of this
-    /// rank and due time first, with a note on each partner skipped for its cap.
+    /// rank and due time first, as the catalog stands now.
     async fn best_partner(
         &self,
         catalog: &Catalog,
@@ -210,28 +245,26 @@ impl Router {
         due_ms: i64,
         now_ms: i64,
     ) -> Result<(Option<(String, Projection)>, Vec<String>), CatalogError> {
-        let mut best: Option<(String, Projection)> = None;
-        let mut notes = Vec::new();
-        for (center, agreement) in self.partners(home, current) {
-            if let Some(a) = agreement {
-                if self.cap_reached(catalog, a, now_ms).await? {
-                    notes.push(format!(
-                        "{center} skipped: the {} -> {} monthly cap of {} is reached",
-                        a.home,
-                        a.reader,
-                        a.monthly_cap.unwrap_or(0)
-                    ));
-                    continue;
-                }
-            }
-            let Some(p) = self.project(catalog, center, rank, due_ms, now_ms).await? else {
-                continue;
+        let partners = self.partners(home, current);
+        let used = if partners
+            .iter()
+            .any(|(_, a)| a.is_some_and(|a| a.monthly_cap.is_some()))
+        {
+            self.routed_this_month(catalog, now_ms).await?
+        } else {
+            HashMap::new()
+        };
+        let mut candidates = Vec::new();
+        for (center, agreement) in partners {
+            let capped = agreement.is_some_and(|a| Self::capped(a, &used));
+            let projection = if capped {
+                None
+            } else {
+                self.project(catalog, center, rank, due_ms, now_ms).await?
             };
-            if best.as_ref().is_none_or(|(_, b)| p.earlier_than(b)) {
-                best = Some((center.to_owned(), p));
-            }
+            candidates.push((center, agreement, capped, projection));
         }
-        Ok((best, notes))
+        Ok(Self::choose(candidates))
     }
 
     fn describe(&self, center: &str, p: &Projection) -> String {
@@ -266,6 +299,9 @@ impl Router {
             home: home.center.clone(),
             reason,
         };
+        if !self.exchange {
+            return Ok(stay(home.reason.clone()));
+        }
         let rank = priority.rank();
         let Some(at_home) = self
             .project(catalog, &home.center, rank, due_ms, now_ms)
@@ -274,7 +310,7 @@ impl Router {
             return Ok(stay(home.reason.clone()));
         };
         let home_text = format!("{}; {}", home.reason, self.describe(&home.center, &at_home));
-        if !self.exchange || !at_home.later_than(due_ms) {
+        if !at_home.later_than(due_ms) {
             return Ok(stay(home_text));
         }
         let due = self.time(due_ms);
