@@ -38,7 +38,7 @@ const HOUR_MS: i64 = 3600 * 1000;
 pub const DRAIN_DAYS: i64 = 120;
 /// Arrivals per working day by month, relative (January first).
 pub const SEASON: [f64; 12] = [
-    0.9, 0.95, 1.0, 1.0, 1.0, 0.95, 0.85, 0.9, 1.0, 1.35, 1.15, 0.8,
+    0.9, 0.95, 1.0, 1.0, 1.0, 0.95, 0.85, 0.9, 1.0, 1.2, 1.1, 0.85,
 ];
 
 #[derive(Debug, Clone)]

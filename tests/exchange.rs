@@ -278,13 +278,13 @@ async fn rebalancing_moves_queued_items_past_due_and_never_a_claimed_one() {
             .unwrap();
         let moved = rebalance(&router, &c, now).await.unwrap();
         // North reads 10 by the due time (the claimed one and the next 9). Each later
-        // one goes where it is read first: south takes 2 (its monthly cap), central 11
-        // (its 11th read, Tuesday 08:48, still beats north's 12th, 09:36); north keeps
-        // the 2 it reads as early as central would.
+        // one goes where it is read first if that is in time: south takes 2 (its
+        // monthly cap), central 10 (its 10th read is Monday 16:00); the 3 that nobody
+        // can read by Tuesday 08:00 stay.
         let to = |center: &str| moved.iter().filter(|m| m.to == center).count();
         assert_eq!(
             (moved.len(), to("south"), to("central")),
-            (13, 2, 11),
+            (12, 2, 10),
             "{moved:?}"
         );
         assert!(moved

@@ -1,7 +1,7 @@
 //! The rebalancing pass: queued items whose projected completion at their center now
-//! passes their due time move to a partner center that would read them earlier, under
-//! the rules of routing at upload (groups, agreements, monthly caps). Claimed and read
-//! items never move.
+//! passes their due time move to the partner center that would read them first, under
+//! the rules of routing at upload (groups, agreements, monthly caps), when that partner
+//! would read them within their due time. Claimed and read items never move.
 //!
 //! A pass reads each center's open items and this month's routed counts once, decides
 //! from that snapshot (kept up to date with its own moves), and writes only the moves:
@@ -135,7 +135,10 @@ pub async fn rebalance(
                 ahead: place as i64 - 1,
                 at_ms: here,
             };
-            if !p.earlier_than(&stay) {
+            // A move must make the item in time: moving one late item ahead of a
+            // partner's own queue only to be late there too spreads the delay and
+            // makes items bounce between centers.
+            if !p.earlier_than(&stay) || p.at_ms.is_none_or(|t| t > item.due_ms) {
                 continue;
             }
             let reason = format!(
