@@ -27,5 +27,5 @@ for f in tests/*.rs; do
   [[ $EMBEDDED_ONLY == *" $name "* ]] && continue
   scaled+=(--test "$name")
 done
-echo "== tests: the server's integration tests again on PostgreSQL + S3 (${#scaled[@]} files)"
+echo "== tests: the server's integration tests again on PostgreSQL + S3 ($((${#scaled[@]} / 2)) files)"
 TAMIZ_TEST_STACK=scaled cargo test "${scaled[@]}" "$@"
