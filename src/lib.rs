@@ -25,14 +25,15 @@
 //! - [`preprocess`]: display image → model tensor, as the model card says.
 //! - [`model`]: model card and the ONNX Runtime session thread.
 //! - [`triage`]: per-view scores → priority class and due time.
-//! - [`routing`]: study → diagnosis center.
+//! - [`routing`]: study → diagnosis center: home, or another institution's center by
+//!   projected completion (exchange of services), rebalancing, monthly accounts.
 //! - [`drift`]: per imaging center and week against the program (summary, metrics).
 //! - [`worker`]: lease → fetch → decode → infer → route → finish; `tamiz worker`.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator, sign-in), each with its
 //!   access rule; the audit log of patient data read or changed.
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
 //! - [`http`]: the HTTP listener: connection bound, header timeout, TLS, drain.
-//! - [`upload`], [`demo`], [`evaluate`], [`dataset`]: the other subcommands
+//! - [`upload`], [`demo`], [`evaluate`], [`dataset`], [`simulate`]: the other subcommands
 //!   (`dataset` also writes `synth` output and training tensors).
 //! - [`parallel`]: order-keeping parallel map for CPU-bound work.
 //! - [`synth`]: synthetic mammograms with known ground truth (demo, tests, training).
