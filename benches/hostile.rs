@@ -11,6 +11,7 @@
 #[path = "../tests/common/corpus.rs"]
 mod corpus;
 #[path = "../tests/common/procfs.rs"]
+#[allow(dead_code)]
 mod procfs;
 
 use std::process::{Child, Command};

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{plan, study_parts, TestServer};
+use common::{plan, procfs, study_parts, TestServer};
 
 fn main() -> anyhow::Result<()> {
     if std::env::var("TAMIZ_TEST_POSTGRES").is_err()
@@ -34,19 +34,22 @@ fn main() -> anyhow::Result<()> {
         .map(|n| n.get())
         .unwrap_or(1);
     println!("{studies} synthetic four-view studies per run; this machine has {cores} cores\n");
-    println!("| worker processes | wall | studies/min | speed-up | duplicates | CPU of the workers | machine busy |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| worker processes | wall | studies/min | speed-up | duplicates | workers' CPU per study | workers | S3 server | PostgreSQL | whole machine |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut base = None;
     for n in [1usize, 2, 4] {
-        let (wall, dups, worker_cpu, busy) = rt.block_on(run(n, studies))?;
-        let rate = studies as f64 / wall.as_secs_f64() * 60.0;
+        let (wall, dups, cpu) = rt.block_on(run(n, studies))?;
+        let secs = wall.as_secs_f64();
+        let rate = studies as f64 / secs * 60.0;
         let base_rate = *base.get_or_insert(rate);
         println!(
-            "| {n} | {:.1} s | {rate:.1} | {:.2}x | {dups} | {:.2} cores | {:.0}% of {cores} cores |",
-            wall.as_secs_f64(),
+            "| {n} | {secs:.1} s | {rate:.1} | {:.2}x | {dups} | {:.2} s | {:.2} cores | {:.2} cores | {:.2} cores | {:.2} of {cores} cores |",
             rate / base_rate,
-            worker_cpu / wall.as_secs_f64(),
-            busy * 100.0
+            cpu.workers * secs / studies as f64,
+            cpu.workers,
+            cpu.s3,
+            cpu.postgres,
+            cpu.machine,
         );
     }
     if std::env::var_os("TAMIZ_BENCH_SKIP_MEMORY").is_none() {
@@ -117,10 +120,14 @@ async fn api_node_memory() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Uploads `studies` to a fresh API-only node, then times `n` worker processes until
-/// every study is on a worklist. Each worker is sized to one core (one slot, one
-/// decode thread, one ONNX Runtime thread), as a pod with `cpu: 1` would be: N workers
-/// on N cores is the question, not how one worker spreads over the machine.
+/// CPU used during one run, in cores (CPU seconds over the wall time), by process.
+struct RunCpu {
+    workers: f64,
+    s3: f64,
+    postgres: f64,
+    machine: f64,
+}
+
 /// Busy and total CPU time of the machine so far, in ticks (`/proc/stat`).
 fn machine_ticks() -> anyhow::Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat")?;
@@ -138,23 +145,12 @@ fn machine_ticks() -> anyhow::Result<(u64, u64)> {
     Ok((total - idle, total))
 }
 
-/// CPU seconds (user + system) process `pid` has used.
-fn process_cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map(|r| r.1).unwrap_or_default();
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name
-    // and state; ticks of 1/100 s.
-    Ok((f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)) as f64 / 100.0)
-}
-
-/// Returns the wall time, the duplicates, the CPU seconds the workers used and the
-/// share of the machine's CPU that was busy (workers, API node, PostgreSQL, S3 server).
-async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64, f64, f64)> {
+/// Uploads `studies` to a fresh API-only node, then times `n` worker processes until
+/// every study is on a worklist. Each worker is sized to one core (one slot, one
+/// decode thread, one ONNX Runtime thread), as a pod with `cpu: 1` would be: N workers
+/// on N cores is the question, not how one worker spreads over the machine. Returns
+/// the wall time, the duplicates and the CPU each part of the system used.
+async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64, RunCpu)> {
     let t = TestServer::start_with(|c| c.worker.concurrency = 0).await;
     for i in 0..studies {
         let p = plan(9000 + i as u64, i % 4 == 0);
@@ -167,6 +163,8 @@ async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64, f64, f6
         &config,
         "[model]\nintra_threads = 1\n[worker]\nconcurrency = 1\npoll_interval_ms = 20\ndecode_threads = 1\n",
     )?;
+    let s3_before = procfs::cpu_secs_by_name("s3s-fs");
+    let pg_before = procfs::cpu_secs_by_name("postgres");
     let started = Instant::now();
     let ticks_before = machine_ticks()?;
     let mut workers = Vec::new();
@@ -186,17 +184,27 @@ async fn run(n: usize, studies: usize) -> anyhow::Result<(Duration, i64, f64, f6
     }
     let wall = started.elapsed();
     let ticks_after = machine_ticks()?;
+    let s3 = procfs::cpu_secs_between(&s3_before, &procfs::cpu_secs_by_name("s3s-fs"));
+    let pg = procfs::cpu_secs_between(&pg_before, &procfs::cpu_secs_by_name("postgres"));
     let mut worker_cpu = 0.0;
     for w in &workers {
-        worker_cpu += process_cpu_secs(w.id())?;
+        worker_cpu += procfs::cpu_secs(w.id()).unwrap_or(0.0);
     }
     for w in &mut workers {
         let _ = w.kill();
         let _ = w.wait();
     }
-    let busy =
-        (ticks_after.0 - ticks_before.0) as f64 / (ticks_after.1 - ticks_before.1).max(1) as f64;
+    let cores = (ticks_after.1 - ticks_before.1).max(1) as f64;
+    let secs = wall.as_secs_f64();
+    let cpu = RunCpu {
+        workers: worker_cpu / secs,
+        s3: s3 / secs,
+        postgres: pg / secs,
+        // busy share of all cores, times the number of cores
+        machine: (ticks_after.0 - ticks_before.0) as f64 / cores
+            * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+    };
     let dups = t.server.catalog.counts().await?.worklist_items - studies as i64;
     t.stop().await;
-    Ok((wall, dups, worker_cpu, busy))
+    Ok((wall, dups, cpu))
 }
