@@ -5,7 +5,8 @@
 //! so `tamiz serve --config /etc/tamiz/pipeline.toml` does not depend on the working
 //! directory. `TAMIZ_HTTP_ADDR`, `TAMIZ_DATA_DIR`, `TAMIZ_DATABASE_URL`,
 //! `TAMIZ_PSEUDONYM_SALT_FILE`, `TAMIZ_TOKEN_KEY_FILE`, `TAMIZ_TLS_CERT_FILE`,
-//! `TAMIZ_TLS_KEY_FILE`, `TAMIZ_S3_BUCKET` and `TAMIZ_S3_PREFIX` override the file.
+//! `TAMIZ_TLS_KEY_FILE`, `TAMIZ_S3_BUCKET`, `TAMIZ_S3_PREFIX` and `TAMIZ_DICOM_ADDR`
+//! override the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ pub struct Config {
     /// Per imaging center and week, against the program (`src/drift.rs`).
     pub drift: crate::drift::DriftConfig,
     pub inbox: InboxConfig,
+    /// The DICOM C-STORE listener (`src/dimse/`).
+    pub dicom: DicomConfig,
     pub auth: AuthConfig,
     /// Where studies from an imaging center that is not configured are read.
     pub default_diagnosis_center: String,
@@ -318,6 +321,35 @@ pub struct InboxConfig {
     pub claim_secs: u64,
 }
 
+/// The DICOM listener modalities and PACS push to (C-STORE, C-ECHO).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DicomConfig {
+    /// `HOST:PORT` to listen on; overridden by `TAMIZ_DICOM_ADDR`. Unset: no listener.
+    pub addr: Option<String>,
+    /// The called AE title this node answers to.
+    pub ae_title: String,
+    /// Associations served at once; beyond it a request is rejected as transient
+    /// ("local limit exceeded") so the sender tries again later.
+    pub max_associations: usize,
+    /// An association that sends nothing for this long is aborted.
+    pub idle_timeout_secs: u64,
+    /// Largest PDU this node receives (the sender's PDUs are at most this).
+    pub max_pdu_length: u32,
+}
+
+impl Default for DicomConfig {
+    fn default() -> Self {
+        DicomConfig {
+            addr: None,
+            ae_title: "TAMIZ".into(),
+            max_associations: 32,
+            idle_timeout_secs: 60,
+            max_pdu_length: 131_072,
+        }
+    }
+}
+
 impl Default for InboxConfig {
     fn default() -> Self {
         InboxConfig {
@@ -448,6 +480,10 @@ pub struct ImagingCenter {
     /// does not say which center it comes from.
     #[serde(default)]
     pub institution_names: Vec<String>,
+    /// Calling AE titles of this center's modalities and PACS: a DICOM association
+    /// from one of them stores for this center; other callers are rejected.
+    #[serde(default)]
+    pub ae_titles: Vec<String>,
 }
 
 /// A yearly screening target: the whole program, or one imaging center.
@@ -475,6 +511,7 @@ impl Default for Config {
             reading: ReadingConfig::default(),
             drift: Default::default(),
             inbox: InboxConfig::default(),
+            dicom: DicomConfig::default(),
             auth: AuthConfig::default(),
             default_diagnosis_center: "central".into(),
             diagnosis_centers: vec![DiagnosisCenter {
@@ -626,6 +663,9 @@ impl Config {
         if let Ok(addr) = std::env::var("TAMIZ_HTTP_ADDR") {
             self.server.http_addr = addr;
         }
+        if let Ok(addr) = std::env::var("TAMIZ_DICOM_ADDR") {
+            self.dicom.addr = Some(addr).filter(|a| !a.is_empty());
+        }
         if let Ok(dir) = std::env::var("TAMIZ_DATA_DIR") {
             self.server.data_dir = dir.into();
         }
@@ -682,6 +722,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_dicom()?;
         for t in &self.targets {
             if let Some(c) = &t.center {
                 if !imaging.contains(c.as_str()) {
@@ -829,6 +870,63 @@ impl Config {
 }
 
 /// Center ids appear in URLs and logs: keep them to a safe alphabet.
+impl Config {
+    /// AE titles: 1-16 characters of PS3.5's AE repertoire (no backslash, no control
+    /// characters, not all spaces), each calling title owned by one imaging center.
+    fn validate_dicom(&self) -> Result<(), ConfigError> {
+        let d = &self.dicom;
+        check_ae_title(&d.ae_title, "dicom.ae_title")?;
+        if d.max_associations == 0 || d.idle_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "dicom.max_associations and dicom.idle_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if !(4096..=16 << 20).contains(&d.max_pdu_length) {
+            return Err(ConfigError::Invalid(
+                "dicom.max_pdu_length must be 4096..=16777216".into(),
+            ));
+        }
+        let mut owners = std::collections::HashMap::new();
+        for c in &self.imaging_centers {
+            for t in &c.ae_titles {
+                check_ae_title(t, &format!("imaging center `{}`: ae_titles", c.id))?;
+                if let Some(other) = owners.insert(t.trim(), c.id.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "AE title `{}` is given to both imaging centers `{other}` and `{}`",
+                        t.trim(),
+                        c.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The imaging center whose modality calls with `calling_ae_title`.
+    pub fn center_of_ae_title(&self, calling_ae_title: &str) -> Option<&ImagingCenter> {
+        let t = calling_ae_title.trim();
+        self.imaging_centers
+            .iter()
+            .find(|c| c.ae_titles.iter().any(|a| a.trim() == t))
+    }
+}
+
+fn check_ae_title(title: &str, what: &str) -> Result<(), ConfigError> {
+    let ok = !title.trim().is_empty()
+        && title.len() <= 16
+        && title
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{what}: AE title `{}` must be 1-16 printable ASCII characters without `\\`",
+            title.escape_default()
+        )))
+    }
+}
+
 fn check_id(id: &str) -> Result<(), ConfigError> {
     let ok = !id.is_empty()
         && id.len() <= 64

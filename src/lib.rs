@@ -45,6 +45,7 @@ pub mod config;
 pub mod dataset;
 pub mod demo;
 pub mod dicom;
+pub mod dimse;
 pub mod drift;
 pub mod evaluate;
 pub mod http;

@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Files of the bucket inbox handled by this process, by outcome: stored,
     /// already_stored, rejected, left, retry, skipped.
     pub inbox_files: Family<OutcomeLabel, Counter>,
+    /// C-STORE requests answered by this process's DICOM listener: stored (including
+    /// already stored) or refused.
+    pub dimse_stores: Family<OutcomeLabel, Counter>,
     /// Job attempts by how they ended: done, dead, retry, lease_lost.
     pub job_attempts: Family<OutcomeLabel, Counter>,
     /// Seconds per worker stage: fetch (a study's views), decode and preprocess (a
@@ -94,6 +97,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "inbox_files",
         "Files of the bucket inbox handled by this process, by outcome",
         inbox_files.clone(),
+    );
+    let dimse_stores = Family::default();
+    registry.register(
+        "dicom_c_store_requests",
+        "C-STORE requests answered by the DICOM listener, by outcome",
+        dimse_stores.clone(),
     );
     let job_attempts = Family::default();
     registry.register(
@@ -138,6 +147,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ingest_instances,
         ingest_bytes,
         inbox_files,
+        dimse_stores,
         job_attempts,
         stage_seconds,
         jobs,
@@ -156,6 +166,12 @@ pub fn metrics() -> &'static Metrics {
 impl Metrics {
     pub fn count_ingest(&self, outcome: &'static str) {
         self.ingest_instances
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn count_dimse(&self, outcome: &'static str) {
+        self.dimse_stores
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

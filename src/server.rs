@@ -1,4 +1,5 @@
-//! `tamiz serve`: the API, ingest, the bucket inbox scanner, the completeness sweeper
+//! `tamiz serve`: the API, ingest (STOW-RS, the DICOM listener, the bucket inbox
+//! scanner), the completeness sweeper
 //! and the in-process workers in one process, on the configured catalog and object
 //! store.
 //!
@@ -26,6 +27,8 @@ use crate::worker::{self, WorkerContext};
 
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where the DICOM listener accepts associations (`dicom.addr`), if it runs.
+    pub dicom_addr: Option<SocketAddr>,
     pub catalog: Catalog,
     pub store: Arc<dyn ObjectStore>,
     /// The configuration it runs with (what a worker process joining it needs).
@@ -124,6 +127,15 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         model_version,
         spool,
     };
+    let dicom_listener = crate::dimse::bind(&config).await?;
+    let dicom_addr = dicom_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = dicom_listener {
+        tasks.push(tokio::spawn(crate::dimse::serve(
+            listener,
+            ingest.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     if config.inbox.enabled {
         tasks.push(tokio::spawn(crate::inbox::run(
             ingest.clone(),
@@ -164,6 +176,7 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     tracing::info!(%addr, data_dir = %data.display(), "tamiz serving");
     Ok(RunningServer {
         addr,
+        dicom_addr,
         catalog,
         store: store_handle,
         config: config.clone(),

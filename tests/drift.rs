@@ -18,6 +18,7 @@ async fn a_center_sending_raw_images_all_week_is_flagged_in_the_summary_and_metr
             name: "Clinic C".into(),
             home: "central".into(),
             institution_names: vec![],
+            ae_titles: vec![],
         });
     })
     .await;

@@ -539,6 +539,7 @@ fn small_program(dir: &std::path::Path) -> Config {
         name: "Clinic A".into(),
         home: "north".into(),
         institution_names: vec![],
+        ae_titles: vec![],
     }];
     c.targets.clear();
     c.agreements = vec![agreement("imss", "issste", 100.0, None)];

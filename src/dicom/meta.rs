@@ -22,7 +22,7 @@ pub const MAMMOGRAPHY_SOP_CLASSES: &[&str] = &[
 
 /// Single-frame image SOP classes that carry mammograms when Modality is MG: CR, DX
 /// and Secondary Capture (the digitized-film archives, CBIS-DDSM among them, use SC).
-const GENERIC_IMAGE_SOP_CLASSES: &[&str] = &[
+pub const GENERIC_IMAGE_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.1",
     "1.2.840.10008.5.1.4.1.1.1.1",
     "1.2.840.10008.5.1.4.1.1.1.1.1",

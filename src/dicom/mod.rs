@@ -6,7 +6,9 @@ pub mod guard;
 pub mod meta;
 pub mod pixels;
 
+pub use guard::ACCEPTED_TRANSFER_SYNTAXES;
 pub use meta::{Acquisition, Implant, InstanceMeta, Intent, InvalidInstance, Laterality, View};
+pub use meta::{GENERIC_IMAGE_SOP_CLASSES, MAMMOGRAPHY_SOP_CLASSES};
 
 use std::io::{BufRead, Seek, SeekFrom};
 

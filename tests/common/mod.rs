@@ -45,12 +45,14 @@ pub fn test_config(data_dir: &Path) -> Config {
             name: "Clinic A".into(),
             home: "north".into(),
             institution_names: vec![],
+            ae_titles: vec!["CLINIC_A_MG".into()],
         },
         ImagingCenter {
             id: "clinic-b".into(),
             name: "Clinic B".into(),
             home: "central".into(),
             institution_names: vec!["CLINIC B".into()],
+            ae_titles: vec!["CLINIC_B_PACS".into()],
         },
     ];
     c.completeness.stable_after_secs = 3600;
