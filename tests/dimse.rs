@@ -100,3 +100,233 @@ async fn a_whole_study_over_one_association_reaches_the_worklist_of_its_ae_title
         .contains("dicom_c_store_requests_total{outcome=\"stored\"} 4"));
     t.stop().await;
 }
+
+/// The data set of a Part 10 file: what follows its file meta group.
+fn data_set(file: &[u8]) -> &[u8] {
+    assert_eq!(&file[128..132], b"DICM");
+    let group_length = u32::from_le_bytes([file[140], file[141], file[142], file[143]]) as usize;
+    &file[144 + group_length..]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
+    let t = server().await;
+    let dir = t.dir.path().join("in");
+    let study = plan(4102, false);
+    let files = study_files(&dir, &study);
+    // One view per syntax: Implicit VR Little Endian, Deflated, JPEG Lossless SV1, RLE.
+    let conv = |i: usize, tool_name: &str, flags: &[&str]| {
+        let out = dir.join(format!("view{i}.dcm"));
+        let mut args: Vec<&str> = flags.to_vec();
+        let src = files[i].0.display().to_string();
+        let dst = out.display().to_string();
+        args.push(&src);
+        args.push(&dst);
+        common::tool(tool_name, &args);
+        out
+    };
+    // storescu proposes one compressed syntax per association, named by a flag.
+    let sent = [
+        (conv(0, "dcmconv", &["+ti"]), "1.2.840.10008.1.2", "-xi"),
+        (conv(1, "dcmconv", &["+td"]), "1.2.840.10008.1.2.1.99", "-xd"),
+        (conv(2, "dcmcjpeg", &["+e1"]), "1.2.840.10008.1.2.4.70", "-xs"),
+        (conv(3, "dcmcrle", &[]), "1.2.840.10008.1.2.5", "-xr"),
+    ];
+    for (path, _, flag) in &sent {
+        let mut args: Vec<String> = [flag, "-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(port(&t));
+        args.push(path.display().to_string());
+        let out = storescu(args).await;
+        assert!(out.status.success(), "storescu {flag} failed: {}", text(&out));
+    }
+
+    let status = t.wait_worklisted(&study.study_uid).await;
+    assert_eq!(status.instances, 4);
+    let item = status.worklist.expect("worklisted");
+    assert!(item.triaged, "all four syntaxes decode: {}", item.reason);
+    let objects = t.stored_objects().await;
+    assert_eq!(objects.len(), 4);
+    for (path, ts, _) in &sent {
+        let original = std::fs::read(path).unwrap();
+        let obj = dicom_object::OpenFileOptions::new()
+            .from_reader(&original[128..])
+            .unwrap();
+        assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), *ts);
+        let sop = obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_owned();
+        let key = objects.iter().find(|k| k.contains(&sop)).expect("stored");
+        let stored = t.server.store.get(key).await.unwrap();
+        let meta = dicom_object::OpenFileOptions::new()
+            .from_reader(&stored[128..])
+            .unwrap();
+        assert_eq!(meta.meta().transfer_syntax().trim_end_matches('\0'), *ts, "{ts}: file meta names the negotiated syntax");
+        assert_eq!(
+            meta.meta().source_application_entity_title().map(str::trim),
+            Some("CLINIC_B_PACS")
+        );
+        assert!(data_set(&stored) == data_set(&original), "{ts}: data set stored bit-exactly");
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_studies_over_parallel_associations() {
+    let t = server().await;
+    let p = port(&t);
+    let studies: Vec<_> = (0..3).map(|i| plan(4110 + i, i == 1)).collect();
+    let mut runs = Vec::new();
+    for (i, s) in studies.iter().enumerate() {
+        let files = study_files(&t.dir.path().join(format!("in{i}")), s);
+        let ae = if i % 2 == 0 { "CLINIC_A_MG" } else { "CLINIC_B_PACS" };
+        let mut args: Vec<String> = ["-aet", ae, "-aec", "TAMIZ", "127.0.0.1", &p]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(paths(&files));
+        runs.push(tokio::spawn(storescu(args)));
+    }
+    for r in runs {
+        let out = r.await.unwrap();
+        assert!(out.status.success(), "storescu failed: {}", text(&out));
+    }
+    for (i, s) in studies.iter().enumerate() {
+        let status = t.wait_worklisted(&s.study_uid).await;
+        assert_eq!(status.instances, 4);
+        let center = if i % 2 == 0 { "clinic-a" } else { "clinic-b" };
+        assert_eq!(status.imaging_center.as_deref(), Some(center));
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_are_not_configured_are_rejected_at_association() {
+    let t = server().await;
+    let p = port(&t);
+    let (unknown, wrong_called) = tokio::task::spawn_blocking(move || {
+        (
+            dcmtk("echoscu", &["-aet", "NOBODY", "-aec", "TAMIZ", "127.0.0.1", &p]),
+            dcmtk("echoscu", &["-aet", "CLINIC_A_MG", "-aec", "OTHER", "127.0.0.1", &p]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&unknown)
+    );
+    assert!(!wrong_called.status.success());
+    assert!(
+        text(&wrong_called).contains("Called AE Title Not Recognized"),
+        "{}",
+        text(&wrong_called)
+    );
+    assert!(t.stored_objects().await.is_empty());
+    t.stop().await;
+}
+
+/// Sends, over one association as CLINIC_B_PACS, each instance named on the command
+/// line (`PATH` or `PATH:EDIT`) and prints one line per answer: status in hex and
+/// Error Comment. Edits: `sc-ot` (Secondary Capture, Modality OT), `no-laterality`,
+/// `other-content` (same SOP Instance UID, other Patient's Name bytes).
+const PYNETDICOM_SEND: &str = r#"
+import sys
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, SecondaryCaptureImageStorage
+SC = SecondaryCaptureImageStorage
+ae = AE(ae_title="CLINIC_B_PACS")
+for c in (DigitalMammographyXRayImageStorageForPresentation, SC):
+    ae.add_requested_context(c, ["1.2.840.10008.1.2.1"])
+assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="TAMIZ")
+assert assoc.is_established, "association"
+for arg in sys.argv[2:]:
+    path, _, edit = arg.partition(":")
+    ds = dcmread(path)
+    if edit == "sc-ot":
+        ds.SOPClassUID = SC
+        ds.file_meta.MediaStorageSOPClassUID = SC
+        ds.Modality = "OT"
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".1"
+    elif edit == "no-laterality":
+        for k in ("ImageLaterality", "Laterality"):
+            if k in ds:
+                delattr(ds, k)
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+    elif edit == "other-content":
+        ds.StudyDescription = "changed"
+    st = assoc.send_c_store(ds)
+    print("%04X|%s" % (st.Status, st.get("ErrorComment", "")))
+assoc.release()
+"#;
+
+fn sop_instance_uid(path: &Path) -> String {
+    dicom_object::open_file(path)
+        .unwrap()
+        .meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+fn pynetdicom_send(port: &str, items: &[String]) -> Vec<(String, String)> {
+    let mut args = vec![port.to_string()];
+    args.extend(items.iter().cloned());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    common::python(PYNETDICOM_SEND, &a)
+        .lines()
+        .map(|l| {
+            let (s, c) = l.split_once('|').expect("status|comment");
+            (s.to_string(), c.trim_end().to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_instances_get_their_status_and_reason_and_the_association_goes_on() {
+    let t = server().await;
+    let p = port(&t);
+    let study = plan(4120, false);
+    let files = study_files(&t.dir.path().join("in"), &study);
+    let f = |i: usize, edit: &str| format!("{}{edit}", files[i].0.display());
+    let items = vec![
+        f(0, ":sc-ot"),
+        f(1, ":no-laterality"),
+        f(0, ""),
+        f(0, ""),
+        f(0, ":other-content"),
+    ];
+    let answers = tokio::task::spawn_blocking(move || pynetdicom_send(&p, &items))
+        .await
+        .unwrap();
+    let expect = |s: &str, c: &str| {
+        let c: String = c.chars().take(64).collect();
+        (s.to_string(), c.trim_end().to_string())
+    };
+    assert_eq!(
+        answers,
+        vec![
+            expect(
+                "0122",
+                "not a mammogram: Modality OT, SOP Class 1.2.840.10008.5.1.4.1.1.7"
+            ),
+            expect(
+                "A900",
+                "missing laterality: neither Image Laterality (0020,0062) nor Laterality (0020,0060) is L or R"
+            ),
+            expect("0000", ""),
+            expect("0000", ""),
+            expect(
+                "0111",
+                &format!(
+                    "instance {} is already stored with different content; the stored instance was kept",
+                    sop_instance_uid(&files[0].0)
+                )
+            ),
+        ]
+    );
+    t.stop().await;
+}
