@@ -128,8 +128,16 @@ async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
     // storescu proposes one compressed syntax per association, named by a flag.
     let sent = [
         (conv(0, "dcmconv", &["+ti"]), "1.2.840.10008.1.2", "-xi"),
-        (conv(1, "dcmconv", &["+td"]), "1.2.840.10008.1.2.1.99", "-xd"),
-        (conv(2, "dcmcjpeg", &["+e1"]), "1.2.840.10008.1.2.4.70", "-xs"),
+        (
+            conv(1, "dcmconv", &["+td"]),
+            "1.2.840.10008.1.2.1.99",
+            "-xd",
+        ),
+        (
+            conv(2, "dcmcjpeg", &["+e1"]),
+            "1.2.840.10008.1.2.4.70",
+            "-xs",
+        ),
         (conv(3, "dcmcrle", &[]), "1.2.840.10008.1.2.5", "-xr"),
     ];
     for (path, _, flag) in &sent {
@@ -140,7 +148,11 @@ async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
         args.push(port(&t));
         args.push(path.display().to_string());
         let out = storescu(args).await;
-        assert!(out.status.success(), "storescu {flag} failed: {}", text(&out));
+        assert!(
+            out.status.success(),
+            "storescu {flag} failed: {}",
+            text(&out)
+        );
     }
 
     let status = t.wait_worklisted(&study.study_uid).await;
@@ -155,18 +167,29 @@ async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
             .from_reader(&original[128..])
             .unwrap();
         assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), *ts);
-        let sop = obj.meta().media_storage_sop_instance_uid().trim_end_matches('\0').to_owned();
+        let sop = obj
+            .meta()
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_owned();
         let key = objects.iter().find(|k| k.contains(&sop)).expect("stored");
         let stored = t.server.store.get(key).await.unwrap();
         let meta = dicom_object::OpenFileOptions::new()
             .from_reader(&stored[128..])
             .unwrap();
-        assert_eq!(meta.meta().transfer_syntax().trim_end_matches('\0'), *ts, "{ts}: file meta names the negotiated syntax");
+        assert_eq!(
+            meta.meta().transfer_syntax().trim_end_matches('\0'),
+            *ts,
+            "{ts}: file meta names the negotiated syntax"
+        );
         assert_eq!(
             meta.meta().source_application_entity_title().map(str::trim),
             Some("CLINIC_B_PACS")
         );
-        assert!(data_set(&stored) == data_set(&original), "{ts}: data set stored bit-exactly");
+        assert!(
+            data_set(&stored) == data_set(&original),
+            "{ts}: data set stored bit-exactly"
+        );
     }
     t.stop().await;
 }
@@ -179,7 +202,11 @@ async fn several_studies_over_parallel_associations() {
     let mut runs = Vec::new();
     for (i, s) in studies.iter().enumerate() {
         let files = study_files(&t.dir.path().join(format!("in{i}")), s);
-        let ae = if i % 2 == 0 { "CLINIC_A_MG" } else { "CLINIC_B_PACS" };
+        let ae = if i % 2 == 0 {
+            "CLINIC_A_MG"
+        } else {
+            "CLINIC_B_PACS"
+        };
         let mut args: Vec<String> = ["-aet", ae, "-aec", "TAMIZ", "127.0.0.1", &p]
             .iter()
             .map(|s| s.to_string())
@@ -206,8 +233,14 @@ async fn callers_that_are_not_configured_are_rejected_at_association() {
     let p = port(&t);
     let (unknown, wrong_called) = tokio::task::spawn_blocking(move || {
         (
-            dcmtk("echoscu", &["-aet", "NOBODY", "-aec", "TAMIZ", "127.0.0.1", &p]),
-            dcmtk("echoscu", &["-aet", "CLINIC_A_MG", "-aec", "OTHER", "127.0.0.1", &p]),
+            dcmtk(
+                "echoscu",
+                &["-aet", "NOBODY", "-aec", "TAMIZ", "127.0.0.1", &p],
+            ),
+            dcmtk(
+                "echoscu",
+                &["-aet", "CLINIC_A_MG", "-aec", "OTHER", "127.0.0.1", &p],
+            ),
         )
     })
     .await
@@ -328,5 +361,110 @@ async fn refused_instances_get_their_status_and_reason_and_the_association_goes_
             ),
         ]
     );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_over_the_limit_is_refused_and_leaves_nothing_behind() {
+    let t = TestServer::start_with(|c| {
+        c.dicom.addr = Some("127.0.0.1:0".into());
+        c.limits.max_instance_bytes = 1 << 20;
+    })
+    .await;
+    let p = port(&t);
+    let files = study_files(&t.dir.path().join("in"), &plan(4130, false));
+    let items = vec![
+        files[0].0.display().to_string(),
+        files[1].0.display().to_string(),
+    ];
+    let answers = tokio::task::spawn_blocking(move || pynetdicom_send(&p, &items))
+        .await
+        .unwrap();
+    let refused = (
+        "A700".to_string(),
+        "instance over the limit of 1048576 bytes (max_instance_bytes)".to_string(),
+    );
+    assert_eq!(answers, vec![refused.clone(), refused]);
+    assert!(t.stored_objects().await.is_empty());
+    assert!(
+        t.spooled().is_empty(),
+        "spool files left: {:?}",
+        t.spooled()
+    );
+    t.stop().await;
+}
+
+/// Holds one association (as CLINIC_A_MG) open and idle: prints `up` once
+/// established, then after `sys.argv[2]` seconds whether the server aborted it.
+const PYNETDICOM_HOLD: &str = r#"
+import sys, time
+from pynetdicom import AE
+ae = AE(ae_title="CLINIC_A_MG")
+ae.add_requested_context("1.2.840.10008.1.1")
+assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="TAMIZ")
+assert assoc.is_established, "association"
+print("up", flush=True)
+time.sleep(float(sys.argv[2]))
+print("aborted" if assoc.is_aborted else "still open", flush=True)
+if assoc.is_established:
+    assoc.release()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn associations_are_bounded_and_an_idle_one_is_aborted() {
+    use std::io::{BufRead, BufReader};
+    let t = TestServer::start_with(|c| {
+        c.dicom.addr = Some("127.0.0.1:0".into());
+        c.dicom.max_associations = 1;
+        c.dicom.idle_timeout_secs = 2;
+    })
+    .await;
+    let p = port(&t);
+    let mut holder = std::process::Command::new(common::venv_python())
+        .args(["-c", PYNETDICOM_HOLD, &p, "4"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let first = tokio::task::spawn_blocking(move || {
+        let up = lines.next().unwrap().unwrap();
+        (up, lines)
+    });
+    let (up, mut lines) = first.await.unwrap();
+    assert_eq!(up, "up");
+    // The one slot is taken: a second caller is told to come back later.
+    let echo = {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || {
+            dcmtk(
+                "echoscu",
+                &["-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1", &p],
+            )
+        })
+        .await
+        .unwrap()
+    };
+    assert!(!echo.status.success());
+    let out = text(&echo);
+    assert!(
+        out.contains("Result: Rejected Transient, Source: Service Provider (Presentation Related)")
+            && out.contains("Reason: Local Limit Exceeded"),
+        "{out}"
+    );
+    // The holder says nothing for longer than the idle timeout: aborted, slot freed.
+    let last = tokio::task::spawn_blocking(move || lines.next().unwrap().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(last, "aborted");
+    let _ = holder.wait();
+    let echo = tokio::task::spawn_blocking(move || {
+        dcmtk(
+            "echoscu",
+            &["-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1", &p],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(echo.status.success(), "{}", text(&echo));
     t.stop().await;
 }

@@ -374,7 +374,9 @@ impl Incoming {
         if self.received > max_instance_bytes {
             self.refuse((
                 OUT_OF_RESOURCES,
-                format!("instance over the limit of {max_instance_bytes} bytes (max_instance_bytes)"),
+                format!(
+                    "instance over the limit of {max_instance_bytes} bytes (max_instance_bytes)"
+                ),
             ));
             return;
         }
