@@ -974,4 +974,43 @@ mod tests {
         let err = toml::from_str::<Config>("[worker]\nconcurency = 3\n").unwrap_err();
         assert!(err.to_string().contains("concurency"), "{err}");
     }
+
+    #[test]
+    fn ae_titles_are_checked_and_owned_by_one_center() {
+        let with = |titles: &str, own: &str| {
+            toml::from_str::<Config>(&format!(
+                r#"
+                [dicom]
+                ae_title = "{own}"
+                [[imaging_centers]]
+                id = "a"
+                name = "A"
+                home = "central"
+                ae_titles = ["MG1"]
+                [[imaging_centers]]
+                id = "b"
+                name = "B"
+                home = "central"
+                ae_titles = [{titles}]
+                "#
+            ))
+            .unwrap()
+            .validate()
+        };
+        with(r#""MG2", "PACS_B""#, "TAMIZ").unwrap();
+        assert_eq!(
+            with(r#""MG1""#, "TAMIZ").unwrap_err().to_string(),
+            "config: AE title `MG1` is given to both imaging centers `a` and `b`"
+        );
+        assert_eq!(
+            with(r#""A\\B""#, "TAMIZ").unwrap_err().to_string(),
+            "config: imaging center `b`: ae_titles: AE title `A\\\\B` must be 1-16 printable ASCII characters without `\\`"
+        );
+        assert_eq!(
+            with(r#""MG2""#, "SEVENTEEN_CHARS_X").unwrap_err().to_string(),
+            "config: dicom.ae_title: AE title `SEVENTEEN_CHARS_X` must be 1-16 printable ASCII characters without `\\`"
+        );
+        let c = with(r#""  MG2 ""#, "TAMIZ");
+        assert!(c.is_ok());
+    }
 }

@@ -29,6 +29,7 @@
 //!   projected completion (exchange of services), rebalancing, monthly accounts.
 //! - [`drift`]: per imaging center and week against the program (summary, metrics).
 //! - [`worker`]: lease → fetch → decode → infer → route → finish; `tamiz worker`.
+//! - [`dimse`]: the DICOM listener (C-STORE, C-ECHO) for modalities and PACS.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator, sign-in), each with its
 //!   access rule; the audit log of patient data read or changed.
 //! - [`server`]: `tamiz serve` wiring, startable on any listener.
