@@ -336,6 +336,10 @@ pub struct DicomConfig {
     pub idle_timeout_secs: u64,
     /// Largest PDU this node receives (the sender's PDUs are at most this).
     pub max_pdu_length: u32,
+    /// PEM certificate chain and private key: with both, the listener speaks DICOM
+    /// over TLS only (PS3.15 Annex B, rustls).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for DicomConfig {
@@ -346,6 +350,8 @@ impl Default for DicomConfig {
             max_associations: 32,
             idle_timeout_secs: 60,
             max_pdu_length: 131_072,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -631,6 +637,8 @@ impl Config {
             .chain(self.auth.token_key_file.as_mut())
             .chain(self.server.tls_cert_file.as_mut())
             .chain(self.server.tls_key_file.as_mut())
+            .chain(self.dicom.tls_cert_file.as_mut())
+            .chain(self.dicom.tls_key_file.as_mut())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -876,6 +884,12 @@ impl Config {
     fn validate_dicom(&self) -> Result<(), ConfigError> {
         let d = &self.dicom;
         check_ae_title(&d.ae_title, "dicom.ae_title")?;
+        if d.tls_cert_file.is_some() != d.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "dicom.tls_cert_file and dicom.tls_key_file go together: set both for TLS, or neither"
+                    .into(),
+            ));
+        }
         if d.max_associations == 0 || d.idle_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "dicom.max_associations and dicom.idle_timeout_secs must be at least 1".into(),

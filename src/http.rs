@@ -34,6 +34,16 @@ pub fn tls_acceptor(
     cert_file: &std::path::Path,
     key_file: &std::path::Path,
 ) -> Result<TlsAcceptor, String> {
+    Ok(TlsAcceptor::from(tls_server_config(cert_file, key_file)?))
+}
+
+/// A rustls server configuration (ring, safe default protocol versions, no client
+/// certificates) from a PEM certificate chain and private key; shared by the HTTP and
+/// DICOM listeners.
+pub fn tls_server_config(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
@@ -52,7 +62,7 @@ pub fn tls_acceptor(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 /// How long a drain waits for requests in progress before closing their connections.

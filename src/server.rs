@@ -127,12 +127,14 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
         model_version,
         spool,
     };
+    let dicom_tls = crate::dimse::tls_config(&config)?;
     let dicom_listener = crate::dimse::bind(&config).await?;
     let dicom_addr = dicom_listener.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(listener) = dicom_listener {
         tasks.push(tokio::spawn(crate::dimse::serve(
             listener,
             ingest.clone(),
+            dicom_tls,
             shutdown_rx.clone(),
         )));
     }

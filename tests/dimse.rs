@@ -519,3 +519,57 @@ async fn real_cbis_ddsm_films_over_c_store_are_triaged_with_view_and_laterality_
     }
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_study_is_stored_and_plain_or_untrusting_callers_get_nothing() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, chain, key) = common::certs::certificate(certs.path());
+    let t = TestServer::start_with(move |c| {
+        c.dicom.addr = Some("127.0.0.1:0".into());
+        c.dicom.tls_cert_file = Some(chain);
+        c.dicom.tls_key_file = Some(key);
+    })
+    .await;
+    let p = port(&t);
+    let study = plan(4140, false);
+    let files = study_files(&t.dir.path().join("in"), &study);
+    let call = |tls: &[&str]| {
+        let mut args: Vec<String> = tls.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            ["-aet", "CLINIC_A_MG", "-aec", "TAMIZ", "127.0.0.1", &p]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        args.extend(paths(&files));
+        storescu(args)
+    };
+    // No TLS: the handshake fails, nothing is negotiated.
+    let plain = call(&[]).await;
+    assert!(!plain.status.success(), "{}", text(&plain));
+    // (the server answers the plain request with a TLS alert, which is no PDU)
+    assert!(
+        text(&plain).contains("Association Request Failed"),
+        "{}",
+        text(&plain)
+    );
+    // TLS without trusting the hospital's CA: the caller refuses the certificate.
+    let untrusting = call(&["+tla"]).await;
+    assert!(!untrusting.status.success(), "{}", text(&untrusting));
+    assert!(
+        text(&untrusting).contains("TLS error: certificate verify failed"),
+        "{}",
+        text(&untrusting)
+    );
+    assert!(t.stored_objects().await.is_empty());
+    // TLS, server certificate verified against the CA (dcmtk's default).
+    let ca = ca.display().to_string();
+    let out = call(&["+tla", "+cf", &ca]).await;
+    assert!(
+        out.status.success(),
+        "storescu over TLS failed: {}",
+        text(&out)
+    );
+    let status = t.wait_worklisted(&study.study_uid).await;
+    assert_eq!(status.instances, 4);
+    t.stop().await;
+}

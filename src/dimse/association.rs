@@ -23,26 +23,45 @@ const OUT_OF_RESOURCES: u16 = 0xA700;
 const PROCESSING_FAILURE: u16 = 0x0110;
 const CANNOT_UNDERSTAND: u16 = 0xC000;
 
-type Association = AsyncServerAssociation<TcpStream>;
-
 /// Serves one accepted connection to its end; every outcome is logged, none fails
-/// the listener.
+/// the listener. Negotiation (and the TLS handshake) must end within the idle
+/// timeout.
 pub(super) async fn run(shared: &Listener, socket: TcpStream, peer: SocketAddr) {
-    let mut assoc = match shared.options.establish_async(socket).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "DICOM association not established");
-            return;
+    let limit = std::time::Duration::from_secs(shared.config.dicom.idle_timeout_secs);
+    let established = if shared.tls {
+        match tokio::time::timeout(limit, shared.options.establish_tls_async(socket)).await {
+            Ok(Ok(a)) => serve(shared, a, peer).await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("negotiation timed out".into()),
+        }
+    } else {
+        match tokio::time::timeout(limit, shared.options.establish_async(socket)).await {
+            Ok(Ok(a)) => serve(shared, a, peer).await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("negotiation timed out".into()),
         }
     };
+    if let Err(e) = established {
+        tracing::warn!(%peer, error = %e, "DICOM association not established");
+    }
+}
+
+async fn serve<S>(
+    shared: &Listener,
+    mut assoc: AsyncServerAssociation<S>,
+    peer: SocketAddr,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     let calling = assoc.peer_ae_title().trim().to_owned();
     let Some(center) = shared.center_of(&calling) else {
         // check_access accepted it, so the configuration is the same: unreachable in
         // practice, refused all the same.
         let _ = assoc.abort().await;
-        return;
+        return Ok(());
     };
-    tracing::info!(%peer, calling = %calling, %center, "DICOM association");
+    tracing::info!(%peer, calling = %calling, %center, tls = shared.tls, "DICOM association");
     let mut session = Session {
         shared,
         center,
@@ -60,10 +79,11 @@ pub(super) async fn run(shared: &Listener, socket: TcpStream, peer: SocketAddr) 
         End::Abort(reason) => {
             tracing::warn!(%peer, calling = %calling, %reason, "DICOM association aborted");
             let _ = assoc.abort().await;
-            return;
+            return Ok(());
         }
     }
     tracing::info!(%peer, calling = %calling, stored = session.stored, refused = session.refused, "DICOM association ended");
+    Ok(())
 }
 
 enum End {
@@ -103,7 +123,10 @@ struct Incoming {
 }
 
 impl Session<'_> {
-    async fn serve(&mut self, assoc: &mut Association) -> End {
+    async fn serve<S>(&mut self, assoc: &mut AsyncServerAssociation<S>) -> End
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         loop {
             let pdu = match assoc.receive().await {
                 Ok(p) => p,
@@ -142,7 +165,14 @@ impl Session<'_> {
         }
     }
 
-    async fn on_pdv(&mut self, assoc: &mut Association, pdv: PDataValue) -> Result<(), String> {
+    async fn on_pdv<S>(
+        &mut self,
+        assoc: &mut AsyncServerAssociation<S>,
+        pdv: PDataValue,
+    ) -> Result<(), String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         match pdv.value_type {
             PDataValueType::Command => {
                 if self.incoming.is_some() {
@@ -232,12 +262,15 @@ impl Session<'_> {
         }
     }
 
-    async fn on_command(
+    async fn on_command<S>(
         &mut self,
-        assoc: &mut Association,
+        assoc: &mut AsyncServerAssociation<S>,
         context_id: u8,
         request: Command,
-    ) -> Result<(), String> {
+    ) -> Result<(), String>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
         let context = assoc
             .presentation_contexts()
             .iter()
@@ -475,7 +508,14 @@ fn part10_header(request: &Command, transfer_syntax: &str, calling_ae_title: &st
     out
 }
 
-async fn send_command(assoc: &mut Association, context_id: u8, bytes: &[u8]) -> Result<(), String> {
+async fn send_command<S>(
+    assoc: &mut AsyncServerAssociation<S>,
+    context_id: u8,
+    bytes: &[u8],
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
     assoc
         .send(&Pdu::PData {
             data: vec![PDataValue {

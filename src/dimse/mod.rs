@@ -83,6 +83,8 @@ pub(crate) struct Listener {
     >,
     ingest: Ingest,
     config: Arc<Config>,
+    /// Associations speak TLS (`dicom.tls_cert_file` and `tls_key_file`).
+    tls: bool,
 }
 
 /// Binds `dicom.addr`; `None` when no DICOM listener is configured.
@@ -96,12 +98,37 @@ pub async fn bind(config: &Config) -> anyhow::Result<Option<TcpListener>> {
     Ok(Some(listener))
 }
 
+/// The TLS configuration of the DICOM listener, if it speaks TLS: read at start-up so
+/// that a bad certificate stops the server with the reason.
+pub fn tls_config(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
+    match (&config.dicom.tls_cert_file, &config.dicom.tls_key_file) {
+        (Some(cert), Some(key)) => crate::http::tls_server_config(cert, key)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("setting up TLS for the DICOM listener: {e}")),
+        _ => Ok(None),
+    }
+}
+
 /// Serves associations on `listener` until `shutdown`; then stops accepting and waits
 /// for the associations in progress (each ends at its sender's release, or its idle
 /// timeout).
-pub async fn serve(listener: TcpListener, ingest: Ingest, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    ingest: Ingest,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let config = ingest.config.clone();
     let d = &config.dicom;
+    if tls.is_none() {
+        if let Ok(addr) = listener.local_addr() {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "DICOM listener without TLS on an address that is not loopback: images cross the network unencrypted; set dicom.tls_cert_file and dicom.tls_key_file, or use a VPN between sites");
+            }
+        }
+    }
     let mut options = ServerAssociationOptions::new()
         .ae_access_control(CenterAeTitles {
             config: config.clone(),
@@ -117,15 +144,20 @@ pub async fn serve(listener: TcpListener, ingest: Ingest, mut shutdown: watch::R
     for ts in crate::dicom::ACCEPTED_TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(*ts);
     }
+    let is_tls = tls.is_some();
+    if let Some(tls) = tls {
+        options = options.tls_config(tls);
+    }
     let shared = Arc::new(Listener {
         options,
         ingest,
         config: config.clone(),
+        tls: is_tls,
     });
     let slots = Arc::new(Semaphore::new(d.max_associations));
     let mut running = tokio::task::JoinSet::new();
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, ae_title = %d.ae_title, "DICOM listener");
+        tracing::info!(%addr, ae_title = %d.ae_title, tls = is_tls, "DICOM listener");
     }
     loop {
         let accepted = tokio::select! {
