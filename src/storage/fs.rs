@@ -58,11 +58,16 @@ impl FsStore {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
-        // Copy into our own temp file and fsync it, so the object does not depend on
-        // the caller's file (which may be on another filesystem and is deleted later).
+        // Our own temp name for the bytes, fsynced, so the object does not depend on
+        // the caller's name (which is removed later). On the same filesystem (the
+        // spool in the data directory) it is a second link to the caller's finished
+        // file: the bytes are written to disk once, not copied. Across filesystems,
+        // a copy.
         let tmp = self.tmp.new_path("");
         let result = (|| {
-            std::fs::copy(src, &tmp)?;
+            if std::fs::hard_link(src, &tmp).is_err() {
+                std::fs::copy(src, &tmp)?;
+            }
             std::fs::File::open(&tmp)?.sync_all()?;
             match std::fs::hard_link(&tmp, &dest) {
                 Ok(()) => {

@@ -69,7 +69,9 @@ pub enum PutOutcome {
 /// conflicting instance without ever harming the stored one.
 pub trait ObjectStore: Send + Sync + 'static {
     /// Stores the file at `src` under `key` unless the key exists. The write is
-    /// atomic: readers see the whole object or none.
+    /// atomic: readers see the whole object or none. `src` must not change afterwards
+    /// (the directory store may link it rather than copy it): callers pass finished
+    /// spool files.
     fn put_file_if_absent<'a>(
         &'a self,
         key: &'a str,
