@@ -126,6 +126,26 @@ impl Image {
         }
         self
     }
+    /// The view given only as a View Code Sequence item (no View Position), as some
+    /// modalities write extra views.
+    fn view_code(mut self, code: &str, scheme: &str, meaning: &str) -> Image {
+        self.obj.remove_element(tags::VIEW_POSITION);
+        let item = InMemDicomObject::from_element_iter([
+            DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(code)),
+            DataElement::new(
+                tags::CODING_SCHEME_DESIGNATOR,
+                VR::SH,
+                PrimitiveValue::from(scheme),
+            ),
+            DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(meaning)),
+        ]);
+        self.obj.put(DataElement::new(
+            tags::VIEW_CODE_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item]),
+        ));
+        self
+    }
     fn bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.obj.write_all(&mut out).unwrap();
@@ -249,6 +269,29 @@ async fn a_spot_magnification_l_cc_arriving_with_the_four_views_is_kept_but_not_
         "{}",
         reason(&s)
     );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn extra_views_given_only_as_cid_4014_codes_are_stored_and_shown_never_scored() {
+    let t = TestServer::start().await;
+    let (study, four) = images(94, false);
+    // An exaggerated CC (SNOMED CT) and a medio-lateral (legacy SNOMED-RT code) of the
+    // left breast, with no View Position: they used to be refused as "missing view".
+    let xccl =
+        four[1]
+            .copy("6")
+            .view_code("399192008", "SCT", "cranio-caudal exaggerated laterally");
+    let ml = four[3]
+        .copy("7")
+        .view_code("R-10224", "SRT", "medio-lateral");
+    send(&t, &[&four[0], &xccl, &four[1], &ml, &four[2], &four[3]]).await;
+    let s = t.wait_worklisted(&study).await;
+    assert_eq!(s.instances, 6);
+    let mut views = s.views.clone();
+    views.sort();
+    assert_eq!(views, ["L-CC", "L-ML", "L-MLO", "L-XCCL", "R-CC", "R-MLO"]);
+    assert_eq!(scored(&s), sops(&four.iter().collect::<Vec<_>>()));
     t.stop().await;
 }
 

@@ -423,7 +423,29 @@ fn laterality(obj: &InMemDicomObject) -> Option<Laterality> {
         .find_map(|t| text(obj, t).and_then(|v| Laterality::parse(&v)))
 }
 
-/// View Position first; then the View Code Sequence (SNOMED codes for CC and MLO);
+/// The views of CID 4014 (View for Mammography), by SNOMED CT code and by the
+/// legacy SNOMED-RT code older modalities send. Only CC and MLO are screening views;
+/// the others are named by the abbreviation View Position (0018,5101) uses, so they
+/// are stored and shown but never scored as one of the four screening views.
+fn view_of_code(code: &str) -> Option<View> {
+    let other = |abbrev: &str| Some(View::Other(abbrev.to_owned()));
+    match code {
+        "399162004" | "R-10242" => Some(View::Cc),
+        "399368009" | "R-10226" => Some(View::Mlo),
+        "399260004" | "R-10224" => other("ML"),
+        "399352003" | "R-10228" => other("LM"),
+        "399099002" | "R-10230" => other("LMO"),
+        "399196006" | "R-10244" => other("FB"),
+        "399188001" | "R-102D0" => other("SIO"),
+        "441555000" | "R-40AAA" => other("ISO"),
+        "399192008" | "R-1024A" => other("XCCL"),
+        "399101009" | "R-1024B" => other("XCCM"),
+        "127457009" | "T-04005" => other("SPECIMEN"),
+        _ => None,
+    }
+}
+
+/// View Position first; then the View Code Sequence (the views of CID 4014);
 /// then a Patient Orientation of exactly "CC"/"MLO", which digitized-film archives
 /// such as CBIS-DDSM use in place of View Position.
 fn view(obj: &InMemDicomObject) -> Option<View> {
@@ -432,10 +454,11 @@ fn view(obj: &InMemDicomObject) -> Option<View> {
     }
     if let Some(items) = obj.get(tags::VIEW_CODE_SEQUENCE).and_then(|e| e.items()) {
         if let Some(item) = items.first() {
-            match text(item, tags::CODE_VALUE).as_deref() {
-                Some("R-10242") | Some("399162004") => return Some(View::Cc),
-                Some("R-10226") | Some("399368009") => return Some(View::Mlo),
-                _ => {}
+            if let Some(v) = text(item, tags::CODE_VALUE)
+                .as_deref()
+                .and_then(view_of_code)
+            {
+                return Some(v);
             }
         }
     }
