@@ -458,3 +458,51 @@ async fn racing_uploads_of_a_refused_instance_are_all_refused_with_the_reason() 
         "only the first woman's image"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_accepts_only_xml_is_told_406_before_anything_is_stored() {
+    let t = TestServer::start().await;
+    let p = plan(4150, false);
+    let parts = study_parts(&t.dir.path().join("in"), &p);
+    let (status, body) = t
+        .stow_as(
+            Some("uploader-clinic-a"),
+            "/dicomweb/studies",
+            &parts[..1],
+            &[("Accept", "application/dicom+xml".into())],
+        )
+        .await;
+    assert_eq!(status, 406);
+    assert_eq!(
+        body["error"],
+        "this server answers STOW-RS in application/dicom+json only; the request accepts application/dicom+xml"
+    );
+    let (status, _) = t
+        .stow_as(
+            Some("uploader-clinic-a"),
+            "/dicomweb/studies",
+            &parts[..1],
+            &[(
+                "Accept",
+                "application/dicom+json;q=0, application/dicom+xml".into(),
+            )],
+        )
+        .await;
+    assert_eq!(status, 406, "q=0 refuses JSON");
+    assert!(t.stored_objects().await.is_empty());
+    // XML preferred, JSON acceptable: answered in JSON.
+    let (status, body) = t
+        .stow_as(
+            Some("uploader-clinic-a"),
+            "/dicomweb/studies",
+            &parts[..1],
+            &[(
+                "Accept",
+                "application/dicom+xml, application/dicom+json;q=0.5".into(),
+            )],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seq(&body, "00081199").len(), 1);
+    t.stop().await;
+}

@@ -228,6 +228,45 @@ fn spool_failed(e: SpoolError) -> ApiError {
     }
 }
 
+/// The response is DICOM JSON only (PS3.18 §8.7.3: an origin server may answer
+/// `application/dicom+xml` with 406). Refused before the body is read, so a client
+/// that would not understand the answer uploads nothing.
+fn accepts_dicom_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return Ok(());
+    }
+    let acceptable = values.iter().flat_map(|v| v.split(',')).any(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        // a range given q=0 is "not acceptable"
+        let refused = parts.any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+        });
+        !refused
+            && matches!(
+                media.as_str(),
+                "application/dicom+json" | "application/json" | "application/*" | "*/*"
+            )
+    });
+    if acceptable {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            format!(
+                "this server answers STOW-RS in application/dicom+json only; the request accepts {}",
+                values.join(", ").chars().take(200).collect::<String>()
+            ),
+        ))
+    }
+}
+
 async fn store(
     state: AppState,
     caller: &Caller,
@@ -235,6 +274,9 @@ async fn store(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Err(e) = accepts_dicom_json(&headers) {
+        return e.into_response();
+    }
     let declared_center = match upload_center(caller, &headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
