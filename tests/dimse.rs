@@ -573,3 +573,43 @@ async fn over_tls_a_study_is_stored_and_plain_or_untrusting_callers_get_nothing(
     assert_eq!(status.instances, 4);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_huge_pdus_end_only_their_own_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = server().await;
+    let addr = t.server.dicom_addr.unwrap();
+    // Not a PDU at all; then an A-ASSOCIATE-RQ header declaring 4 GiB.
+    for bytes in [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![0x01, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 1],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        // The server answers (an abort or a rejection) and closes, or just closes.
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut total = 0;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the server kept a garbage connection open");
+    }
+    // The listener still serves a real caller.
+    let p = port(&t);
+    let echo = tokio::task::spawn_blocking(move || {
+        dcmtk(
+            "echoscu",
+            &["-aet", "CLINIC_A_MG", "-aec", "TAMIZ", "127.0.0.1", &p],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(echo.status.success(), "{}", text(&echo));
+    t.stop().await;
+}
