@@ -79,6 +79,13 @@ fn expected(method: &Method, path: &str, who: Who) -> Expect {
         ("GET", "/api/v1/studies/{study}") => {
             allowed(&["admin", "uploader-clinic-b", "radiologist-central"])
         }
+        // WADO-RS: who may see the study may retrieve it.
+        (
+            "GET",
+            "/dicomweb/studies/{study}"
+            | "/dicomweb/studies/{study}/series/{series}"
+            | "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+        ) => allowed(&["admin", "uploader-clinic-b", "radiologist-central"]),
         ("GET", "/api/v1/centers/{center}/worklist")
         | ("POST", "/api/v1/centers/{center}/worklist/claim")
         | ("POST", "/api/v1/worklist/{item}/release")
@@ -178,12 +185,21 @@ async fn call(
             })
             .id;
     }
+    let first = t
+        .server
+        .catalog
+        .retrievable_instances(study, None, None)
+        .await
+        .unwrap()
+        .remove(0);
     let path = rule
         .path
         .replace("{study}", study)
+        .replace("{series}", &first.series_uid)
+        .replace("{instance}", &first.sop_uid)
         .replace("{center}", "central")
         .replace("{item}", &item.to_string());
-    if rule.path.starts_with("/dicomweb/") {
+    if rule.path.starts_with("/dicomweb/") && rule.method == Method::POST {
         // A fresh one-instance study per cell (an upload for one center must not
         // land in another center's study).
         let p = plan(seed, false);

@@ -7,6 +7,7 @@ mod exchange;
 mod multipart;
 mod session;
 mod stow;
+mod wado;
 pub use access::{Access, Caller, RouteRule};
 pub use multipart::Framing;
 pub use stow::{CENTER_HEADER, RETRY_BUSY_SECS, RETRY_DISK_FULL_SECS, RETRY_TEMPORARY_SECS};
@@ -103,6 +104,24 @@ fn routes() -> Vec<Route> {
             "/dicomweb/studies/{study}",
             Roles(UPLOADERS),
             stow::store_instances_in_study,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}",
+            Roles(STUDY_READERS),
+            wado::retrieve_study,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}",
+            Roles(STUDY_READERS),
+            wado::retrieve_series,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+            Roles(STUDY_READERS),
+            wado::retrieve_instance,
         ),
         route(
             Method::GET,

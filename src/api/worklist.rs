@@ -50,17 +50,20 @@ fn check_center(state: &AppState, center: &str) -> Result<(), ApiError> {
 /// `GET /api/v1/studies/{study_uid}`: an imaging center sees the studies it uploaded,
 /// a radiologist those on its diagnosis center's worklist, an admin every study.
 /// Each answer is an audited read.
-pub async fn study_status(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(study): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    if !is_valid_uid(&study) {
+/// The study, if `caller` may read it: an admin any study, an imaging center its
+/// own uploads, a radiologist the studies on its diagnosis center's worklist; 400 for
+/// a malformed UID, 404 for an unknown study, 403 for another center's.
+pub(super) async fn readable_study(
+    state: &AppState,
+    caller: &Caller,
+    study: &str,
+) -> Result<crate::catalog::StudyStatus, ApiError> {
+    if !is_valid_uid(study) {
         return Err(ApiError::bad_request("study UID is not a valid UID"));
     }
     let s = state
         .catalog
-        .study_status(&study)
+        .study_status(study)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("study {study} not found")))?;
     let w = s.worklist.as_ref();
@@ -79,6 +82,16 @@ pub async fn study_status(
             caller.center().unwrap_or("no center"),
         )));
     }
+    Ok(s)
+}
+
+pub async fn study_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(study): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let s = readable_study(&state, &caller, &study).await?;
+    let w = s.worklist.as_ref();
     let audit = caller.audit();
     state
         .catalog

@@ -570,6 +570,16 @@ impl Catalog {
     }
 }
 
+/// One catalogued instance, as WADO-RS retrieves it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RetrievableInstance {
+    pub sop_uid: String,
+    pub series_uid: String,
+    pub transfer_syntax: String,
+    pub object_key: String,
+    pub size_bytes: i64,
+}
+
 /// One catalogued instance, as the worker needs it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredInstance {
@@ -616,6 +626,31 @@ impl Catalog {
                  WHERE study_uid = $1 ORDER BY received_ms, sop_uid",
             )
             .bind(study_uid)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// The instances of a study, of one of its series, or one instance (by SOP
+    /// Instance UID within the study and series), in series then arrival order.
+    pub async fn retrievable_instances(
+        &self,
+        study_uid: &str,
+        series_uid: Option<&str>,
+        sop_uid: Option<&str>,
+    ) -> Result<Vec<RetrievableInstance>> {
+        Ok(on_db!(&self.db, pool, pg => {
+            sqlx::query_as(
+                "SELECT sop_uid, series_uid, transfer_syntax, object_key, size_bytes
+                 FROM instances
+                 WHERE study_uid = $1
+                   AND ($2 IS NULL OR series_uid = $2)
+                   AND ($3 IS NULL OR sop_uid = $3)
+                 ORDER BY series_uid, received_ms, sop_uid",
+            )
+            .bind(study_uid)
+            .bind(series_uid)
+            .bind(sop_uid)
             .fetch_all(pool)
             .await?
         }))

@@ -1,0 +1,312 @@
+//! WADO-RS retrieval (PS3.18 §10.4): a study, a series or one instance as
+//! `multipart/related; type="application/dicom"`, each part the stored object exactly
+//! as it was received, streamed from the object store in constant memory.
+//!
+//! Who may retrieve is who may see the study ([`super::worklist::readable_study`]);
+//! every retrieval is written to the audit log. Instances are sent in the transfer
+//! syntax they were stored in: a request that accepts only another one gets 406
+//! (tamiz does not transcode). A request without a `transfer-syntax` parameter gets
+//! the stored syntax too, where PS3.18 would have Explicit VR Little Endian; the
+//! part's Content-Type names the syntax sent.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use tokio::io::AsyncReadExt;
+
+use super::access::Caller;
+use super::{ApiError, AppState};
+use crate::catalog::RetrievableInstance;
+use crate::dicom::is_valid_uid;
+use crate::storage::ObjectReader;
+
+/// Bytes read from the store per chunk of the response.
+const CHUNK: usize = 256 * 1024;
+
+pub async fn retrieve_study(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(study): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    retrieve(state, caller, &study, None, None, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn retrieve_series(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((study, series)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    retrieve(state, caller, &study, Some(&series), None, &headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn retrieve_instance(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((study, series, instance)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    retrieve(
+        state,
+        caller,
+        &study,
+        Some(&series),
+        Some(&instance),
+        &headers,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn retrieve(
+    state: AppState,
+    caller: Caller,
+    study: &str,
+    series: Option<&str>,
+    instance: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    for uid in series.iter().chain(instance.iter()) {
+        if !is_valid_uid(uid) {
+            return Err(ApiError::bad_request(format!(
+                "`{}` is not a valid UID",
+                uid.chars().take(64).collect::<String>()
+            )));
+        }
+    }
+    let wanted = accepted_syntaxes(headers)?;
+    super::worklist::readable_study(&state, &caller, study).await?;
+    let instances = state
+        .catalog
+        .retrievable_instances(study, series, instance)
+        .await?;
+    if instances.is_empty() {
+        return Err(ApiError::not_found(match (series, instance) {
+            (Some(se), Some(i)) => {
+                format!("instance {i} of series {se} not found in study {study}")
+            }
+            (Some(se), None) => format!("series {se} not found in study {study}"),
+            _ => format!("study {study} has no instances"),
+        }));
+    }
+    if let Wanted::Only(list) = &wanted {
+        if let Some(i) = instances
+            .iter()
+            .find(|i| !list.iter().any(|t| t == &i.transfer_syntax))
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                format!(
+                    "instance {} is stored in transfer syntax {} and tamiz does not transcode: accept it, or transfer-syntax=*",
+                    i.sop_uid, i.transfer_syntax
+                ),
+            ));
+        }
+    }
+    let audit = caller.audit();
+    state
+        .catalog
+        .record_audit(&audit.entry("wado.retrieve", Some(study), None, None, crate::now_ms()))
+        .await?;
+    let boundary = format!("tamiz-{:032x}", rand::random::<u128>());
+    let content_type =
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    let body = Body::from_stream(parts(state, instances, boundary));
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&content_type)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
+    Ok(response)
+}
+
+/// What the request accepts of the instances' transfer syntaxes.
+#[derive(Debug, PartialEq)]
+enum Wanted {
+    /// Any (no Accept, `transfer-syntax=*`, or no parameter: see the module doc).
+    Any,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+/// Reads `Accept`: a range of `multipart/related` whose `type` is `application/dicom`
+/// (or absent), `multipart/*` or `*/*`, optionally with `transfer-syntax`; anything
+/// else is 406.
+fn accepted_syntaxes(headers: &HeaderMap) -> Result<Wanted, ApiError> {
+    let values: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return Ok(Wanted::Any);
+    }
+    let mut only = Vec::new();
+    let mut matched = false;
+    for range in split_ranges(&values.join(",")) {
+        let mut fields = range.split(';').map(str::trim);
+        let media = fields.next().unwrap_or("").to_ascii_lowercase();
+        let mut kind = None;
+        let mut syntax = None;
+        let mut refused = false;
+        for f in fields {
+            let Some((k, v)) = f.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "type" => kind = Some(v.to_ascii_lowercase()),
+                "transfer-syntax" => syntax = Some(v.to_owned()),
+                "q" => refused = v.parse::<f32>().is_ok_and(|q| q <= 0.0),
+                _ => {}
+            }
+        }
+        let fits = match media.as_str() {
+            "*/*" | "multipart/*" => true,
+            "multipart/related" => kind.as_deref().is_none_or(|k| k == "application/dicom"),
+            _ => false,
+        };
+        if !fits || refused {
+            continue;
+        }
+        matched = true;
+        match syntax {
+            None => return Ok(Wanted::Any),
+            Some(s) if s == "*" => return Ok(Wanted::Any),
+            Some(s) => only.push(s),
+        }
+    }
+    if matched {
+        Ok(Wanted::Only(only))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            format!(
+                "WADO-RS here answers multipart/related; type=\"application/dicom\" only; the request accepts {}",
+                values.join(", ").chars().take(200).collect::<String>()
+            ),
+        ))
+    }
+}
+
+/// Splits an Accept value at the commas between ranges, not those inside quotes.
+fn split_ranges(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(value[start..].trim());
+    out.retain(|r| !r.is_empty());
+    out
+}
+
+/// Where the response stream is.
+enum Part {
+    /// Before instance `i`'s part header (or the closing delimiter).
+    Header(usize),
+    /// Inside instance `i`'s bytes.
+    Body(usize, ObjectReader),
+    Done,
+}
+
+/// The multipart body: each instance's part header, its bytes as read from the store,
+/// and the closing delimiter. A store failure midway ends the stream with an error, so
+/// the client sees a broken response, never a short instance presented as whole.
+fn parts(
+    state: AppState,
+    instances: Vec<RetrievableInstance>,
+    boundary: String,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    stream::unfold(Part::Header(0), move |part| {
+        let (state, instances, boundary) = (state.clone(), instances.clone(), boundary.clone());
+        async move {
+            match part {
+                Part::Done => None,
+                Part::Header(i) => match instances.get(i) {
+                    None => Some((
+                        Ok(Bytes::from(format!("--{boundary}--\r\n"))),
+                        Part::Done,
+                    )),
+                    Some(inst) => match state.ingest.store.reader(&inst.object_key).await {
+                        Ok(reader) => Some((
+                            Ok(Bytes::from(format!(
+                                "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={}\r\nContent-Length: {}\r\n\r\n",
+                                inst.transfer_syntax, inst.size_bytes
+                            ))),
+                            Part::Body(i, reader),
+                        )),
+                        Err(e) => {
+                            tracing::error!(error = %e, "WADO-RS: reading a stored instance failed");
+                            Some((Err(std::io::Error::other(e.to_string())), Part::Done))
+                        }
+                    },
+                },
+                Part::Body(i, mut reader) => {
+                    let mut buf = vec![0u8; CHUNK];
+                    match reader.read(&mut buf).await {
+                        Ok(0) => Some((Ok(Bytes::from_static(b"\r\n")), Part::Header(i + 1))),
+                        Ok(n) => {
+                            buf.truncate(n);
+                            Some((Ok(Bytes::from(buf)), Part::Body(i, reader)))
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "WADO-RS: reading a stored instance failed");
+                            Some((Err(e), Part::Done))
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> Result<Wanted, u16> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        accepted_syntaxes(&h).map_err(|e| e.status.as_u16())
+    }
+
+    #[test]
+    fn accept_ranges_choose_the_syntaxes() {
+        assert_eq!(accept("*/*"), Ok(Wanted::Any));
+        assert_eq!(
+            accept(r#"multipart/related; type="application/dicom"; transfer-syntax=*"#),
+            Ok(Wanted::Any)
+        );
+        assert_eq!(
+            accept(
+                r#"multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1, multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5"#
+            ),
+            Ok(Wanted::Only(vec![
+                "1.2.840.10008.1.2.1".into(),
+                "1.2.840.10008.1.2.5".into()
+            ]))
+        );
+        assert_eq!(accept("application/dicom+json"), Err(406));
+        assert_eq!(
+            accept(r#"multipart/related; type="application/octet-stream""#),
+            Err(406)
+        );
+        assert_eq!(accept("*/*;q=0"), Err(406));
+    }
+}
