@@ -34,6 +34,29 @@ async fn dicomweb_client_retrieves_a_study_series_and_instance_as_stored() {
     let (code, body) = t.stow("/dicomweb/studies", &parts, Some("clinic-b")).await;
     assert_eq!(code, 200, "{body}");
     t.wait_worklisted(&p.study_uid).await;
+    // The STOW-RS response names where to retrieve the study and each instance.
+    let study_url = format!("{}/dicomweb/studies/{}", t.url, p.study_uid);
+    assert_eq!(first(&body, "00081190"), study_url.as_str());
+    let referenced = seq(&body, "00081199");
+    assert_eq!(referenced.len(), 4);
+    for item in &referenced {
+        let url = first(item, "00081190");
+        let url = url.as_str().unwrap();
+        let sop = first(item, "00081155");
+        assert!(url.starts_with(&format!("{study_url}/series/")), "{url}");
+        assert!(
+            url.ends_with(&format!("/instances/{}", sop.as_str().unwrap())),
+            "{url}"
+        );
+        let got = t
+            .http
+            .get(url)
+            .header("Authorization", t.bearer("admin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200, "{url}");
+    }
 
     // What was sent: SOP Instance UID -> (series, SHA-256 of Pixel Data).
     let mut sent = std::collections::BTreeMap::new();

@@ -105,6 +105,8 @@ enum PartResult {
     Stored {
         sop_class: String,
         sop: String,
+        study: String,
+        series: String,
     },
     Failed {
         sop_class: Option<String>,
@@ -362,6 +364,8 @@ async fn store(
             Ok((meta, _)) => PartResult::Stored {
                 sop_class: meta.sop_class_uid,
                 sop: meta.sop_instance_uid,
+                study: meta.study_uid,
+                series: meta.series_uid,
             },
             Err(e) => {
                 let (sop_class, sop) = read_uids(spooled.path().to_owned()).await;
@@ -375,7 +379,23 @@ async fn store(
         return ApiError::bad_request("the request holds no instances (no multipart part found)")
             .into_response();
     }
-    respond(results)
+    respond(results, &dicomweb_base(&state, &headers))
+}
+
+/// `http(s)://HOST/dicomweb` as the client addressed this server (its `Host` header),
+/// the root of the Retrieve URLs in the response.
+fn dicomweb_base(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    // A Host header is an authority: no path, query or spaces.
+    if host.is_empty() || host.contains(['/', '?', '#', ' ', '@']) {
+        return None;
+    }
+    let scheme = if state.config.server.tls_enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{host}/dicomweb"))
 }
 
 enum PartError {
@@ -474,16 +494,44 @@ fn failed_part(e: IngestError, sop_class: Option<String>, sop: Option<String>) -
     }
 }
 
-fn respond(results: Vec<PartResult>) -> Response {
+/// The STOW-RS response (PS3.18 §10.5.3): Referenced SOP Sequence with each stored
+/// instance's Retrieve URL (WADO-RS), Failed SOP Sequence with the reasons, and the
+/// study's Retrieve URL at the top level when every stored instance is of one study.
+fn respond(results: Vec<PartResult>, base: &Option<String>) -> Response {
+    let studies: std::collections::BTreeSet<&str> = results
+        .iter()
+        .filter_map(|r| match r {
+            PartResult::Stored { study, .. } => Some(study.as_str()),
+            PartResult::Failed { .. } => None,
+        })
+        .collect();
+    let study_url = match (base, studies.len()) {
+        (Some(b), 1) => studies.first().map(|s| format!("{b}/studies/{s}")),
+        _ => None,
+    };
     let mut referenced = Vec::new();
     let mut failures = Vec::new();
     let mut worst = Failure::Refused;
     for r in results {
         match r {
-            PartResult::Stored { sop_class, sop } => referenced.push(json!({
-                "00081150": { "vr": "UI", "Value": [sop_class] },
-                "00081155": { "vr": "UI", "Value": [sop] },
-            })),
+            PartResult::Stored {
+                sop_class,
+                sop,
+                study,
+                series,
+            } => {
+                let mut item = json!({
+                    "00081150": { "vr": "UI", "Value": [sop_class] },
+                    "00081155": { "vr": "UI", "Value": [sop] },
+                });
+                if let Some(b) = base {
+                    item["00081190"] = json!({
+                        "vr": "UR",
+                        "Value": [format!("{b}/studies/{study}/series/{series}/instances/{sop}")]
+                    });
+                }
+                referenced.push(item);
+            }
             PartResult::Failed {
                 sop_class,
                 sop,
@@ -513,6 +561,9 @@ fn respond(results: Vec<PartResult>) -> Response {
         (_, true, _) => (StatusCode::CONFLICT, None),
     };
     let mut body = serde_json::Map::new();
+    if let Some(url) = study_url {
+        body.insert("00081190".into(), json!({ "vr": "UR", "Value": [url] }));
+    }
     if !referenced.is_empty() {
         body.insert(
             "00081199".into(),
