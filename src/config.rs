@@ -72,6 +72,10 @@ pub struct ServerConfig {
     /// when it listens on anything but loopback.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// The URL clients reach this server at (`https://tamiz.example.org`, behind a
+    /// proxy its public name); overridden by `TAMIZ_PUBLIC_URL`. The root of the
+    /// DICOMweb Retrieve URLs; unset: taken from each request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -541,6 +545,7 @@ impl Default for ServerConfig {
             data_dir: "tamiz-data".into(),
             tls_cert_file: None,
             tls_key_file: None,
+            public_url: None,
         }
     }
 }
@@ -668,6 +673,9 @@ impl Config {
         if let Ok(file) = std::env::var("TAMIZ_TLS_KEY_FILE") {
             self.server.tls_key_file = Some(file.into());
         }
+        if let Ok(url) = std::env::var("TAMIZ_PUBLIC_URL") {
+            self.server.public_url = Some(url).filter(|u| !u.is_empty());
+        }
         if let Ok(addr) = std::env::var("TAMIZ_HTTP_ADDR") {
             self.server.http_addr = addr;
         }
@@ -687,6 +695,17 @@ impl Config {
                 "server.tls_cert_file and server.tls_key_file go together: set both for TLS, or neither"
                     .into(),
             );
+        }
+        if let Some(u) = &self.server.public_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.contains(['?', '#', ' '])
+                && u.len() < 512;
+            if !ok {
+                return bad(format!(
+                    "server.public_url `{}` must be an http:// or https:// URL without query or fragment",
+                    u.chars().take(80).collect::<String>()
+                ));
+            }
         }
         if self.auth.session_hours == 0 || self.auth.signin_max_failures == 0 {
             return bad(

@@ -79,10 +79,20 @@ fn expected(method: &Method, path: &str, who: Who) -> Expect {
         ("GET", "/api/v1/studies/{study}") => {
             allowed(&["admin", "uploader-clinic-b", "radiologist-central"])
         }
-        // WADO-RS: who may see the study may retrieve it.
+        // QIDO-RS over all studies: every study reader, each seeing its own.
+        ("GET", "/dicomweb/studies") => allowed(&[
+            "admin",
+            "uploader-clinic-a",
+            "uploader-clinic-b",
+            "radiologist-central",
+            "radiologist-north",
+        ]),
+        // WADO-RS and QIDO-RS inside a study: who may see the study.
         (
             "GET",
             "/dicomweb/studies/{study}"
+            | "/dicomweb/studies/{study}/series"
+            | "/dicomweb/studies/{study}/series/{series}/instances"
             | "/dicomweb/studies/{study}/series/{series}"
             | "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
         ) => allowed(&["admin", "uploader-clinic-b", "radiologist-central"]),

@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod exchange;
 mod multipart;
+mod qido;
 mod session;
 mod stow;
 mod wado;
@@ -104,6 +105,24 @@ fn routes() -> Vec<Route> {
             "/dicomweb/studies/{study}",
             Roles(UPLOADERS),
             stow::store_instances_in_study,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies",
+            Roles(STUDY_READERS),
+            qido::search_studies,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series",
+            Roles(STUDY_READERS),
+            qido::search_series,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}/instances",
+            Roles(STUDY_READERS),
+            qido::search_instances,
         ),
         route(
             Method::GET,

@@ -382,9 +382,14 @@ async fn store(
     respond(results, &dicomweb_base(&state, &headers))
 }
 
-/// `http(s)://HOST/dicomweb` as the client addressed this server (its `Host` header),
-/// the root of the Retrieve URLs in the response.
-fn dicomweb_base(state: &AppState, headers: &HeaderMap) -> Option<String> {
+/// The root of the Retrieve URLs in responses: `server.public_url` + `/dicomweb`, else
+/// `http(s)://HOST/dicomweb` as the client addressed this server (its `Host` header;
+/// some clients, dicomweb-client among them, leave the port out of it, so a deployment
+/// sets `public_url`).
+pub(super) fn dicomweb_base(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    if let Some(url) = &state.config.server.public_url {
+        return Some(format!("{}/dicomweb", url.trim_end_matches('/')));
+    }
     let host = headers.get(header::HOST)?.to_str().ok()?;
     // A Host header is an authority: no path, query or spaces.
     if host.is_empty() || host.contains(['/', '?', '#', ' ', '@']) {

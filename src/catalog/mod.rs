@@ -570,11 +570,40 @@ impl Catalog {
     }
 }
 
-/// One catalogued instance, as WADO-RS retrieves it.
+/// What a QIDO-RS study search matches, and whose studies it may see.
+#[derive(Debug, Clone, Default)]
+pub struct StudySearch {
+    /// Any of these Study Instance UIDs (empty: any).
+    pub study_uids: Vec<String>,
+    /// The patient's pseudonym ([`Catalog::pseudonym`]).
+    pub patient: Option<String>,
+    /// Only studies uploaded by this imaging center.
+    pub imaging_center: Option<String>,
+    /// Only studies on this diagnosis center's worklist.
+    pub diagnosis_center: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One study found by a QIDO-RS search.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StudyMatch {
+    pub study_uid: String,
+    pub first_received_ms: i64,
+    pub series: i64,
+    pub instances: i64,
+}
+
+/// One catalogued instance, as WADO-RS retrieves it and QIDO-RS lists it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RetrievableInstance {
     pub sop_uid: String,
     pub series_uid: String,
+    pub sop_class_uid: String,
+    pub laterality: String,
+    pub view: String,
+    pub rows: i64,
+    pub columns: i64,
     pub transfer_syntax: String,
     pub object_key: String,
     pub size_bytes: i64,
@@ -641,7 +670,8 @@ impl Catalog {
     ) -> Result<Vec<RetrievableInstance>> {
         Ok(on_db!(&self.db, pool, pg => {
             sqlx::query_as(
-                "SELECT sop_uid, series_uid, transfer_syntax, object_key, size_bytes
+                "SELECT sop_uid, series_uid, sop_class_uid, laterality, view, rows, columns,
+                        transfer_syntax, object_key, size_bytes
                  FROM instances
                  WHERE study_uid = $1
                    AND ($2 IS NULL OR series_uid = $2)
@@ -653,6 +683,41 @@ impl Catalog {
             .bind(sop_uid)
             .fetch_all(pool)
             .await?
+        }))
+    }
+
+    /// Studies matching `q`, oldest first, with their series and instance counts.
+    pub async fn search_studies(&self, q: &StudySearch) -> Result<Vec<StudyMatch>> {
+        let uids = serde_json::to_string(&q.study_uids).unwrap_or_else(|_| "[]".into());
+        Ok(on_db!(&self.db, pool, pg => {
+            let uid_filter = if pg {
+                "s.study_uid IN (SELECT jsonb_array_elements_text($1::jsonb))"
+            } else {
+                "s.study_uid IN (SELECT value FROM json_each($1))"
+            };
+            let sql = format!(
+                "SELECT s.study_uid, s.first_received_ms,
+                        (SELECT COUNT(DISTINCT i.series_uid) FROM instances i WHERE i.study_uid = s.study_uid) AS series,
+                        (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) AS instances
+                 FROM studies s
+                 LEFT JOIN worklist_items w ON w.study_uid = s.study_uid
+                 WHERE ($2 OR {uid_filter})
+                   AND ($3 IS NULL OR s.patient_id = (SELECT id FROM patients WHERE pseudo_key = $3))
+                   AND ($4 IS NULL OR s.imaging_center = $4)
+                   AND ($5 IS NULL OR w.center_id = $5)
+                 ORDER BY s.first_received_ms, s.study_uid
+                 LIMIT $6 OFFSET $7"
+            );
+            sqlx::query_as(&sql)
+                .bind(&uids)
+                .bind(q.study_uids.is_empty())
+                .bind(&q.patient)
+                .bind(&q.imaging_center)
+                .bind(&q.diagnosis_center)
+                .bind(q.limit)
+                .bind(q.offset)
+                .fetch_all(pool)
+                .await?
         }))
     }
 
