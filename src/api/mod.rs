@@ -1,6 +1,7 @@
 //! The HTTP API: DICOMweb STOW-RS for imaging centers, JSON for radiologists and
 //! coordinators. One error type maps every failure to a status and a stable JSON body.
 
+mod accept;
 mod access;
 mod audit;
 mod exchange;

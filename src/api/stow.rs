@@ -234,25 +234,13 @@ fn spool_failed(e: SpoolError) -> ApiError {
 /// `application/dicom+xml` with 406). Refused before the body is read, so a client
 /// that would not understand the answer uploads nothing.
 fn accepts_dicom_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let values: Vec<&str> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if values.is_empty() {
+    let Some((ranges, sent)) = super::accept::ranges(headers) else {
         return Ok(());
-    }
-    let acceptable = values.iter().flat_map(|v| v.split(',')).any(|range| {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        // a range given q=0 is "not acceptable"
-        let refused = parts.any(|p| {
-            let p = p.trim().replace(' ', "");
-            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
-        });
-        !refused
+    };
+    let acceptable = ranges.iter().any(|r| {
+        !r.refused
             && matches!(
-                media.as_str(),
+                r.media.as_str(),
                 "application/dicom+json" | "application/json" | "application/*" | "*/*"
             )
     });
@@ -262,8 +250,7 @@ fn accepts_dicom_json(headers: &HeaderMap) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
             format!(
-                "this server answers STOW-RS in application/dicom+json only; the request accepts {}",
-                values.join(", ").chars().take(200).collect::<String>()
+                "this server answers STOW-RS in application/dicom+json only; the request accepts {sent}"
             ),
         ))
     }

@@ -141,47 +141,26 @@ enum Wanted {
 /// (or absent), `multipart/*` or `*/*`, optionally with `transfer-syntax`; anything
 /// else is 406.
 fn accepted_syntaxes(headers: &HeaderMap) -> Result<Wanted, ApiError> {
-    let values: Vec<&str> = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if values.is_empty() {
+    let Some((ranges, sent)) = super::accept::ranges(headers) else {
         return Ok(Wanted::Any);
-    }
+    };
     let mut only = Vec::new();
     let mut matched = false;
-    for range in split_ranges(&values.join(",")) {
-        let mut fields = range.split(';').map(str::trim);
-        let media = fields.next().unwrap_or("").to_ascii_lowercase();
-        let mut kind = None;
-        let mut syntax = None;
-        let mut refused = false;
-        for f in fields {
-            let Some((k, v)) = f.split_once('=') else {
-                continue;
-            };
-            let v = v.trim().trim_matches('"');
-            match k.trim().to_ascii_lowercase().as_str() {
-                "type" => kind = Some(v.to_ascii_lowercase()),
-                "transfer-syntax" => syntax = Some(v.to_owned()),
-                "q" => refused = v.parse::<f32>().is_ok_and(|q| q <= 0.0),
-                _ => {}
-            }
-        }
-        let fits = match media.as_str() {
+    for r in ranges.iter().filter(|r| !r.refused) {
+        let fits = match r.media.as_str() {
             "*/*" | "multipart/*" => true,
-            "multipart/related" => kind.as_deref().is_none_or(|k| k == "application/dicom"),
+            "multipart/related" => r
+                .param("type")
+                .is_none_or(|k| k.eq_ignore_ascii_case("application/dicom")),
             _ => false,
         };
-        if !fits || refused {
+        if !fits {
             continue;
         }
         matched = true;
-        match syntax {
-            None => return Ok(Wanted::Any),
-            Some(s) if s == "*" => return Ok(Wanted::Any),
-            Some(s) => only.push(s),
+        match r.param("transfer-syntax") {
+            None | Some("*") => return Ok(Wanted::Any),
+            Some(s) => only.push(s.to_owned()),
         }
     }
     if matched {
@@ -190,30 +169,10 @@ fn accepted_syntaxes(headers: &HeaderMap) -> Result<Wanted, ApiError> {
         Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
             format!(
-                "WADO-RS here answers multipart/related; type=\"application/dicom\" only; the request accepts {}",
-                values.join(", ").chars().take(200).collect::<String>()
+                "WADO-RS here answers multipart/related; type=\"application/dicom\" only; the request accepts {sent}"
             ),
         ))
     }
-}
-
-/// Splits an Accept value at the commas between ranges, not those inside quotes.
-fn split_ranges(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted) = (0, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
-                out.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(value[start..].trim());
-    out.retain(|r| !r.is_empty());
-    out
 }
 
 /// Where the response stream is.
