@@ -1072,8 +1072,8 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         "no such route",
     ));
     cases.push(raw(
-        "GET on the STOW route",
-        "GET",
+        "PUT on the STOW route (GET there is QIDO-RS)",
+        "PUT",
         stow,
         None,
         Vec::new(),
