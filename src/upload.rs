@@ -356,7 +356,10 @@ fn map_response(
         let reason = first_str(&item, "00081197")
             .and_then(|r| r.parse::<u16>().ok())
             .unwrap_or(0);
-        let comment = first_str(&item, "00000902").unwrap_or_default();
+        // The whole reason (tamiz's private UT), else the 64-character Error Comment.
+        let comment = first_str(&item, crate::api::FULL_REASON)
+            .or_else(|| first_str(&item, "00000902"))
+            .unwrap_or_default();
         let msg = format!("{comment} (failure reason {reason:04X}H)");
         match first_str(&item, "00081155") {
             Some(uid) => {

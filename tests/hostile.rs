@@ -69,7 +69,7 @@ async fn damaged_instances_are_answered_and_never_half_stored() {
             409 => {
                 let failed = seq(&body, "00081198");
                 assert_eq!(failed.len(), 1, "round {round}: {body}");
-                let comment = first(failed[0], "00000902");
+                let comment = failure_text(failed[0]);
                 let comment = comment.as_str().unwrap_or("");
                 let reason = first(failed[0], "00081197").as_u64();
                 // A damaged file is the sender's to fix: a refusal naming the problem,

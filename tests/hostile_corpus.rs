@@ -92,7 +92,7 @@ fn check(case: &Case, status: u16, ct: Option<&str>, body: &Value) -> Result<(),
                 return Err(format!("expected exactly one failed instance: {body}"));
             }
             let got_reason = first(failed[0], "00081197").as_u64();
-            let got_comment = first(failed[0], "00000902");
+            let got_comment = failure_text(failed[0]);
             let got_comment = got_comment.as_str().unwrap_or("");
             if got_reason != Some(*reason as u64) {
                 return Err(format!(

@@ -68,7 +68,7 @@ async fn stow_refusal(ts: &TestServer, bytes: &[u8]) -> (String, String) {
     let failed = seq(&body, "00081198");
     assert_eq!(failed.len(), 1, "{body}");
     (
-        first(failed[0], "00000902")
+        failure_text(failed[0])
             .as_str()
             .expect("comment")
             .to_owned(),

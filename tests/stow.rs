@@ -148,7 +148,7 @@ async fn different_bytes_under_a_known_sop_uid_are_refused_and_the_stored_copy_k
     let failed = seq(&body, "00081198");
     assert_eq!(failed.len(), 1);
     assert_eq!(first(failed[0], "00081197"), 0x0111);
-    assert!(first(failed[0], "00000902")
+    assert!(failure_text(failed[0])
         .as_str()
         .unwrap()
         .contains("different content"));
@@ -222,7 +222,7 @@ async fn bad_instances_get_a_named_error_and_store_nothing() {
     assert_eq!(failed.len(), cases.len(), "{body}");
     let comments: Vec<String> = failed
         .iter()
-        .map(|f| first(f, "00000902").as_str().unwrap().to_owned())
+        .map(|f| failure_text(f).as_str().unwrap().to_owned())
         .collect();
     for (name, _, expected) in &cases {
         assert!(
@@ -364,7 +364,7 @@ async fn an_instance_over_the_size_limit_fails_alone() {
         .await;
     assert_eq!(status, 409, "{body}");
     let failed = seq(&body, "00081198");
-    assert!(first(failed[0], "00000902")
+    assert!(failure_text(failed[0])
         .as_str()
         .unwrap()
         .contains("exceeds the limit"));
@@ -447,7 +447,7 @@ async fn racing_uploads_of_a_refused_instance_are_all_refused_with_the_reason() 
         assert_eq!(status, 409, "{body}");
         let failed = seq(&body, "00081198");
         assert_eq!(first(failed[0], "00081197"), 0xA900, "{body}");
-        assert!(first(failed[0], "00000902")
+        assert!(failure_text(failed[0])
             .as_str()
             .unwrap()
             .ends_with("its Patient ID (or Issuer of Patient ID) differs from the one of the study's instances already stored"));

@@ -12,7 +12,10 @@ mod stow;
 mod wado;
 pub use access::{Access, Caller, RouteRule};
 pub use multipart::Framing;
-pub use stow::{CENTER_HEADER, RETRY_BUSY_SECS, RETRY_DISK_FULL_SECS, RETRY_TEMPORARY_SECS};
+pub use stow::{
+    error_comment, CENTER_HEADER, FULL_REASON, PRIVATE_CREATOR, PRIVATE_CREATOR_NAME,
+    RETRY_BUSY_SECS, RETRY_DISK_FULL_SECS, RETRY_TEMPORARY_SECS,
+};
 mod worklist;
 
 use axum::extract::Request;

@@ -486,6 +486,29 @@ fn failed_part(e: IngestError, sop_class: Option<String>, sop: Option<String>) -
     }
 }
 
+/// The private block of tamiz's own attributes in a response: (0009,0010) names it,
+/// (0009,1001) holds a failure's whole reason as UT, since Error Comment (0000,0902)
+/// is an LO of at most 64 characters and most reasons name more than that.
+pub const PRIVATE_CREATOR: &str = "00090010";
+pub const PRIVATE_CREATOR_NAME: &str = "TAMIZ";
+pub const FULL_REASON: &str = "00091001";
+
+/// The reason as an Error Comment: LO (PS3.5 §6.2), at most 64 characters, no
+/// backslash (the value separator) and no control characters. A cut reason ends in
+/// "...".
+pub fn error_comment(reason: &str) -> String {
+    let clean = reason.chars().map(|c| match c {
+        '\\' => '/',
+        c if c.is_control() => '?',
+        c => c,
+    });
+    if reason.chars().count() <= 64 {
+        clean.collect()
+    } else {
+        clean.take(61).chain("...".chars()).collect()
+    }
+}
+
 /// The STOW-RS response (PS3.18 §10.5.3): Referenced SOP Sequence with each stored
 /// instance's Retrieve URL (WADO-RS), Failed SOP Sequence with the reasons, and the
 /// study's Retrieve URL at the top level when every stored instance is of one study.
@@ -540,7 +563,18 @@ fn respond(results: Vec<PartResult>, base: &Option<String>) -> Response {
                     item.insert("00081155".into(), json!({ "vr": "UI", "Value": [s] }));
                 }
                 item.insert("00081197".into(), json!({ "vr": "US", "Value": [reason] }));
-                item.insert("00000902".into(), json!({ "vr": "LO", "Value": [comment] }));
+                item.insert(
+                    "00000902".into(),
+                    json!({ "vr": "LO", "Value": [error_comment(&comment)] }),
+                );
+                item.insert(
+                    PRIVATE_CREATOR.into(),
+                    json!({ "vr": "LO", "Value": [PRIVATE_CREATOR_NAME] }),
+                );
+                item.insert(
+                    FULL_REASON.into(),
+                    json!({ "vr": "UT", "Value": [comment] }),
+                );
                 failures.push(Value::Object(item));
             }
         }
@@ -577,4 +611,24 @@ fn respond(results: Vec<PartResult>, base: &Option<String>) -> Response {
             .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_comment;
+
+    #[test]
+    fn an_error_comment_is_an_lo_of_at_most_64_characters() {
+        assert_eq!(error_comment("short reason"), "short reason");
+        let long =
+            "not a mammogram: Modality CT, SOP Class 1.2.840.10008.5.1.4.1.1.2 (CT Image Storage)";
+        assert_eq!(
+            error_comment(long),
+            "not a mammogram: Modality CT, SOP Class 1.2.840.10008.5.1.4.1..."
+        );
+        assert_eq!(error_comment(long).chars().count(), 64);
+        assert_eq!(error_comment("a\\b\nc"), "a/b?c");
+        let exactly = "é".repeat(64);
+        assert_eq!(error_comment(&exactly), exactly);
+    }
 }

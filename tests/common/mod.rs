@@ -554,3 +554,25 @@ pub async fn audit_rows(
         .await
         .expect("read the audit log")
 }
+
+/// A STOW-RS failure item's whole reason: tamiz's private UT (0009,1001), after
+/// checking that the Error Comment (0000,0902) is that reason kept within its LO
+/// length (64 characters, "..." when cut) and that the private block is named.
+pub fn failure_text(item: &Value) -> Value {
+    let full = first(item, tamiz::api::FULL_REASON);
+    let text = full
+        .as_str()
+        .unwrap_or_else(|| panic!("no full reason in {item}"));
+    assert_eq!(
+        first(item, tamiz::api::PRIVATE_CREATOR),
+        tamiz::api::PRIVATE_CREATOR_NAME
+    );
+    let comment = first(item, "00000902");
+    let comment = comment.as_str().expect("Error Comment");
+    assert!(
+        comment.chars().count() <= 64,
+        "Error Comment over 64: {comment}"
+    );
+    assert_eq!(comment, tamiz::api::error_comment(text));
+    full
+}
