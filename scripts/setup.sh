@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what tamiz needs at run time, from the package registries only:
+# Installs what tamiz needs to build and run, from the package registries only:
+#   - cmake (Debian), which builds the bundled CharLS of the JPEG-LS decoder
 #   - the ONNX Runtime shared library, from the PyPI `onnxruntime` wheel, into .ort/
+# With --build-tools, only cmake (CI installs it before the build, the rest beside it).
 # With --test, also what the tests need:
 #   - dcmtk and GDCM (Debian) to encode and check test files, as real DICOM tools
 #   - PostgreSQL (Debian), for the private cluster scripts/test.sh starts
@@ -91,13 +93,27 @@ setup_mammograms() {
   rm -rf "$tmp"
 }
 
+# pyjpegls (CharLS) and pylibjpeg-openjpeg (OpenJPEG) are pydicom's JPEG-LS and
+# JPEG 2000 encoders: the codec tests encode with them beside dcmtk and GDCM.
 setup_test_venv() {
-  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, pynetdicom, selenium' 2>/dev/null && return
-  say "creating .cache/venv with dicomweb-client, pydicom, pynetdicom and selenium (PyPI)"
+  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, pynetdicom, selenium, jpeg_ls, openjpeg' 2>/dev/null && return
+  say "creating .cache/venv with dicomweb-client, pydicom (+ pyjpegls, pylibjpeg-openjpeg), pynetdicom and selenium (PyPI)"
   [[ -x .cache/venv/bin/python ]] || python3 -m venv .cache/venv
-  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" "pynetdicom==3.0.4" "selenium==4.27.1"
+  .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" \
+    "pyjpegls==1.5.1" "pylibjpeg==2.1.0" "pylibjpeg-openjpeg==2.6.0" "pynetdicom==3.0.4" "selenium==4.27.1"
 }
 
+# cmake builds CharLS (dicom-rs's JPEG-LS codec, feature `charls`) inside `cargo build`.
+setup_build_tools() {
+  command -v cmake >/dev/null && return
+  say "installing cmake (Debian), which builds the JPEG-LS codec"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq cmake >/dev/null
+}
+
+setup_build_tools
+[[ ${1:-} == --build-tools ]] && exit 0
 setup_ort
 if [[ ${1:-} == --test ]]; then
   setup_debian_packages

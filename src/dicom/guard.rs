@@ -65,8 +65,9 @@ const TRANSFER_SYNTAX: Tag = Tag(0x0002, 0x0010);
 /// More fragments than any single-frame image is stored in; the fragment and offset
 /// lists are kept, so their length is bounded too.
 pub const MAX_FRAGMENTS: usize = 1 << 16;
-/// Bytes of the first fragment kept for codec header checks (the RLE header is 64).
-const FRAGMENT_HEAD: usize = 64;
+/// Bytes of the first fragment kept for codec header checks (the RLE header is 64;
+/// a JPEG frame header follows its tables).
+const FRAGMENT_HEAD: usize = super::codestream::HEAD_BYTES;
 
 /// How deep nesting, how large an inflated data set may be.
 #[derive(Debug, Clone, Copy)]

@@ -574,7 +574,9 @@ fn native_transfer_syntax(ts: &str) -> bool {
 /// data must hold exactly Rows × Columns × Samples × Bits Allocated / 8 × frames bytes
 /// (plus one byte of padding to even length); encapsulated data must be a sane
 /// fragment table for one frame (PS3.5 §A.4) and, for RLE, carry a sane RLE header
-/// (PS3.5 §G.3.1), whose offsets the RLE decoder would otherwise trust.
+/// (PS3.5 §G.3.1), whose offsets the RLE decoder would otherwise trust, and for
+/// JPEG, JPEG-LS and JPEG 2000 a frame header of Rows × Columns
+/// ([`super::codestream`]), by which the decoder would otherwise size its buffers.
 pub fn check_pixel_data(
     meta: &InstanceMeta,
     layout: Option<&PixelLayout>,
@@ -631,7 +633,14 @@ pub fn check_pixel_data(
             if meta.transfer_syntax == guard::RLE_LOSSLESS {
                 check_rle_header(meta, fragments, head)?;
             }
-            Ok(())
+            super::codestream::check(
+                &meta.transfer_syntax,
+                head,
+                meta.rows,
+                meta.columns,
+                1, // Samples per Pixel: only grayscale is accepted
+            )
+            .map_err(InvalidInstance::BadFragments)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! stored samples into display values (pixels). Writing synthetic instances lives in
 //! [`crate::synth`].
 
+pub mod codestream;
 pub mod guard;
 pub mod meta;
 pub mod pixels;

@@ -7,8 +7,11 @@
 //! LINEAR_EXACT / SIGMOID) → presentation (MONOCHROME1 inverted), giving values in
 //! [0, 1] where 1 is brightest (densest tissue).
 
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{DecodedPixelData, PixelDecoder, PixelRepresentation, VoiLutFunction};
 
@@ -271,6 +274,89 @@ pub fn window(x: f64, center: f64, width: f64, function: WindowFunction) -> f64 
     }
 }
 
+/// JPEG Lossless, process 14 (selection value 1, and any), and RLE Lossless: decoded
+/// by tamiz's own decoders (`tamiz-codecs`), faster than dicom-rs's on one core
+/// (`docs/DICOM.md`).
+const LOSSLESS_JPEG: [&str; 2] = ["1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57"];
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// For a JPEG Lossless or RLE Lossless image, a copy of the object whose Pixel Data
+/// is the image decoded by `tamiz-codecs`, stored native, so that dicom-pixeldata
+/// reads it without decoding again. `None` for every other transfer syntax, and for
+/// a stream those decoders leave to dicom-rs (several components, restart intervals).
+pub fn predecode(obj: &DefaultDicomObject) -> Result<Option<DefaultDicomObject>, PixelError> {
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
+    let jpeg = LOSSLESS_JPEG.contains(&ts);
+    if !jpeg && ts != RLE_LOSSLESS {
+        return Ok(None);
+    }
+    let number = |tag| -> Option<usize> {
+        obj.element(tag)
+            .ok()?
+            .to_int::<u32>()
+            .ok()
+            .map(|v| v as usize)
+    };
+    let (Some(rows), Some(columns), Some(bits_allocated)) = (
+        number(tags::ROWS),
+        number(tags::COLUMNS),
+        number(tags::BITS_ALLOCATED),
+    ) else {
+        return Ok(None);
+    };
+    let Some(fragments) = obj
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments())
+    else {
+        return Ok(None);
+    };
+    let stream: Cow<'_, [u8]> = match fragments {
+        [one] => Cow::Borrowed(one),
+        many => Cow::Owned(many.concat()),
+    };
+    let value = if jpeg {
+        let frame = match tamiz_codecs::ljpeg::decode(&stream, rows * columns) {
+            Ok(f) => f,
+            Err(tamiz_codecs::ljpeg::LjpegError::Unsupported(_)) => return Ok(None),
+            Err(e) => return Err(PixelError::Decode(e.to_string())),
+        };
+        if (frame.rows, frame.columns) != (rows, columns) {
+            return Err(PixelError::Decode(format!(
+                "the JPEG frame is {} x {}, Rows x Columns {rows} x {columns}",
+                frame.rows, frame.columns
+            )));
+        }
+        match bits_allocated {
+            8 if frame.precision <= 8 => {
+                PrimitiveValue::U8(frame.samples.iter().map(|&v| v as u8).collect())
+            }
+            16 => PrimitiveValue::U16(frame.samples.into()),
+            _ => return Ok(None),
+        }
+    } else {
+        if fragments.len() != 1 {
+            return Ok(None);
+        }
+        match tamiz_codecs::rle::decode(&stream, rows, columns, bits_allocated as u16) {
+            // Little-endian sample bytes, as native data holds them.
+            Ok(bytes) => PrimitiveValue::U8(bytes.into()),
+            Err(tamiz_codecs::rle::RleError::Unsupported(_)) => return Ok(None),
+            Err(e) => return Err(PixelError::Decode(e.to_string())),
+        }
+    };
+    // Every element but the compressed Pixel Data (no copy of the fragments).
+    let mut meta = obj.meta().clone();
+    meta.transfer_syntax = EXPLICIT_VR_LE.to_owned();
+    let mut native = DefaultDicomObject::new_empty_with_meta(meta);
+    for e in obj.iter().filter(|e| e.header().tag != tags::PIXEL_DATA) {
+        native.put(e.clone());
+    }
+    native.put(DataElement::new(tags::PIXEL_DATA, VR::OW, value));
+    Ok(Some(native))
+}
+
 /// Decodes the first frame and applies the file's grayscale pipeline.
 pub fn decode_display(obj: &DefaultDicomObject) -> Result<GrayImage, PixelError> {
     decode(obj, Rendering::File).map(|(img, _)| img)
@@ -284,6 +370,8 @@ pub fn decode(
     rendering: Rendering,
 ) -> Result<(GrayImage, GrayscalePipeline), PixelError> {
     catch_unwind(AssertUnwindSafe(|| {
+        let native = predecode(obj)?;
+        let obj = native.as_ref().unwrap_or(obj);
         let decoded = obj
             .decode_pixel_data()
             .map_err(|e| PixelError::Decode(e.to_string()))?;

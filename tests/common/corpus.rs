@@ -189,9 +189,33 @@ pub fn with_ts(b: &[u8], ts: &str) -> Vec<u8> {
     out
 }
 
+/// The file with its Transfer Syntax UID replaced by any other: the element's
+/// length and the meta group length (0002,0000) follow.
+pub fn with_any_ts(b: &[u8], ts: &str) -> Vec<u8> {
+    let old = format!("{EXPLICIT}\0");
+    let mut new = ts.as_bytes().to_vec();
+    if new.len() % 2 == 1 {
+        new.push(0);
+    }
+    let at = b
+        .windows(old.len())
+        .position(|w| w == old.as_bytes())
+        .expect("transfer syntax in the meta group");
+    let mut out = b[..at].to_vec();
+    out[at - 2..at].copy_from_slice(&(new.len() as u16).to_le_bytes());
+    out.extend_from_slice(&new);
+    out.extend_from_slice(&b[at + old.len()..]);
+    // The group length is the UL value right after the marker's element header.
+    let group = 128 + 4 + 8;
+    let len = u32::from_le_bytes(b[group..group + 4].try_into().unwrap());
+    let len = len + new.len() as u32 - old.len() as u32;
+    out[group..group + 4].copy_from_slice(&len.to_le_bytes());
+    out
+}
+
 /// The file with its Pixel Data element replaced by `element` (raw bytes).
 pub fn with_pixel_element(b: &[u8], ts: &str, element: &[u8]) -> Vec<u8> {
-    let mut out = with_ts(b, ts)[..pixel_at(b)].to_vec();
+    let mut out = with_any_ts(&b[..pixel_at(b)], ts);
     out.extend_from_slice(element);
     out
 }
@@ -738,6 +762,56 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         bad_frag(
             "RLE Lossless stores each frame in one fragment (PS3.5 §G.2), found 2 for 1 frame",
         ),
+    ));
+    // A decoder sizes its buffers by the codestream's frame header: one that
+    // declares more than Rows x Columns is refused before any worker decodes it.
+    let jpeg = |marker: u8, rows: u16, columns: u16| {
+        let mut f = vec![0xFF, 0xD8, 0xFF, marker, 0, 11, 16];
+        f.extend_from_slice(&rows.to_be_bytes());
+        f.extend_from_slice(&columns.to_be_bytes());
+        f.extend_from_slice(&[1, 1, 0x11, 0, 0xFF, 0xD9, 0]);
+        f
+    };
+    cases.push(refused(
+        "JPEG-LS frame of 65535 x 65535 in a 64 x 52 image",
+        enc(
+            "1.2.840.10008.1.2.4.80",
+            encapsulated(&[], &[jpeg(0xF7, 65535, 65535)]),
+        ),
+        0xC000,
+        bad_frag(
+            "the JPEG codestream is 65535 x 65535 (rows x columns), but Rows x Columns is 64 x 52",
+        ),
+    ));
+    cases.push(refused(
+        "JPEG Lossless frame of 3 components",
+        enc("1.2.840.10008.1.2.4.70", {
+            let mut f = jpeg(0xC3, 64, 52);
+            f[11] = 3;
+            encapsulated(&[], &[f])
+        }),
+        0xC000,
+        bad_frag("the JPEG codestream has 3 components, but Samples per Pixel is 1"),
+    ));
+    cases.push(refused(
+        "JPEG fragment without SOI",
+        enc(
+            "1.2.840.10008.1.2.4.57",
+            encapsulated(&[], &[vec![0x12; 64]]),
+        ),
+        0xC000,
+        bad_frag("the JPEG fragment does not start with SOI (FFD8)"),
+    ));
+    let mut siz = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
+    for v in [60_000u32, 60_000, 0, 0, 60_000, 60_000, 0, 0] {
+        siz.extend_from_slice(&v.to_be_bytes());
+    }
+    siz.extend_from_slice(&[0, 1, 15, 1, 1, 0xFF, 0xD9]);
+    cases.push(refused(
+        "JPEG 2000 image of 60000 x 60000 in a 64 x 52 image",
+        enc("1.2.840.10008.1.2.4.90", encapsulated(&[], &[siz])),
+        0xC000,
+        bad_frag("the JPEG 2000 codestream is 60000 x 60000 (rows x columns), but Rows x Columns is 64 x 52"),
     ));
     let mut undefined_fragment = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0];
     undefined_fragment.extend_from_slice(&UNDEF);

@@ -1,0 +1,274 @@
+//! Decode time per 3328 x 4096 mammogram for each codec, tamiz (its own lossless
+//! JPEG decoder, dicom-rs with CharLS and OpenJPEG for the rest) beside dcmtk, GDCM and pydicom's fastest plugin, on the same files,
+//! on one core (this process and every tool it starts are pinned to CPU 0). Prints
+//! a table; asserts nothing.
+//!
+//! The files: one array (12 or 16 stored bits, `TAMIZ_BENCH_BITS` [16]) written by
+//! pydicom, encoded by dcmtk (JPEG Lossless SV1, JPEG-LS lossless and near-lossless,
+//! Deflated), GDCM (JPEG 2000 lossless, RLE) and pydicom with OpenJPEG (JPEG 2000
+//! lossy).
+//! - tamiz: parsing the file from memory and `decode_pixel_data`, best of 5 (a
+//!   Deflated data set is inflated by the parse).
+//! - dcmtk and GDCM: the command-line decompressor (`dcmdjpeg`, `dcmdjpls`,
+//!   `dcmdrle`, `dcmconv`; `gdcmconv --raw`) minus the same tool's copy of the
+//!   uncompressed file (reading and writing 27 MB), best of 5.
+//! - pydicom: `dcmread` and `pixel_array` with each installed plugin (gdcm,
+//!   pylibjpeg, pyjpegls, pillow, pydicom's own), best of 5 of the fastest; for
+//!   native data (uncompressed, Deflated) no plugin runs, whichever is named.
+//!
+//! `scripts/bench-decode.sh` installs what it needs and runs this.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use dicom_pixeldata::PixelDecoder;
+
+const REPEATS: usize = 5;
+
+/// Writes `ref.dcm` (3328 x 4096, `bits` stored) and pydicom's lossy JPEG 2000 of it.
+const WRITE_ARRAY: &str = r#"
+import sys, numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom import uid
+out, bits = sys.argv[1], int(sys.argv[2])
+rows, cols = 4096, 3328
+y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+dome = np.clip(1.0 - ((x / cols) ** 2 + ((y - rows / 2) / (rows / 2)) ** 2), 0, 1)
+rng = np.random.default_rng(bits)
+img = dome * 0.8 + 0.15 * np.sin(x / 7.0) * np.cos(y / 11.0) * dome + rng.normal(0, 0.005, (rows, cols)).astype(np.float32)
+top = (1 << bits) - 1
+arr = np.clip(img * top, 0, top).astype(np.uint16)
+meta = FileMetaDataset()
+meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
+meta.MediaStorageSOPInstanceUID = uid.generate_uid()
+meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+ds = Dataset()
+ds.file_meta = meta
+ds.SOPClassUID = meta.MediaStorageSOPClassUID
+ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
+ds.Modality, ds.PatientID = "MG", "BENCH-1"
+ds.ImageLaterality, ds.ViewPosition = "L", "CC"
+ds.Rows, ds.Columns = rows, cols
+ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+ds.PixelData = arr.tobytes()
+ds.save_as(f"{out}/ref.dcm", enforce_file_format=True)
+ds.compress(uid.JPEG2000, arr, j2k_psnr=[70.0])
+ds.save_as(f"{out}/j2k-lossy.dcm", enforce_file_format=True)
+"#;
+
+/// Times `pixel_array` with every installed plugin; prints `plugin ms` lines (best of
+/// N) for the file.
+const PYDICOM_TIMES: &str = r#"
+import sys, time
+import pydicom
+from pydicom.pixels import pixel_array
+path, n = sys.argv[1], int(sys.argv[2])
+for plugin in ["pydicom", "gdcm", "pylibjpeg", "pyjpegls", "pillow"]:
+    best = None
+    try:
+        for _ in range(n):
+            t = time.perf_counter()
+            ds = pydicom.dcmread(path)
+            pixel_array(ds, decoding_plugin=plugin)
+            d = time.perf_counter() - t
+            best = d if best is None else min(best, d)
+    except Exception:
+        continue
+    print(plugin, best * 1000)
+"#;
+
+struct Codec {
+    name: &'static str,
+    file: &'static str,
+    /// The dcmtk command that makes it from ref.dcm (None: made elsewhere).
+    make: Option<(&'static str, &'static [&'static str])>,
+    /// dcmtk's decompressor for it.
+    dcmtk: &'static str,
+}
+
+const CODECS: &[Codec] = &[
+    Codec {
+        name: "uncompressed (Explicit VR LE)",
+        file: "ref.dcm",
+        make: None,
+        dcmtk: "dcmconv",
+    },
+    Codec {
+        name: "Deflated",
+        file: "deflated.dcm",
+        make: Some(("dcmconv", &["+td"])),
+        dcmtk: "dcmconv",
+    },
+    Codec {
+        name: "JPEG Lossless SV1 (.70)",
+        file: "jpeg.dcm",
+        make: Some(("dcmcjpeg", &["+e1"])),
+        dcmtk: "dcmdjpeg",
+    },
+    Codec {
+        name: "JPEG-LS lossless (.80)",
+        file: "jls.dcm",
+        make: Some(("dcmcjpls", &["+el"])),
+        dcmtk: "dcmdjpls",
+    },
+    Codec {
+        name: "JPEG-LS near-lossless 2 (.81)",
+        file: "jls-near.dcm",
+        make: Some(("dcmcjpls", &["+en", "+md", "2"])),
+        dcmtk: "dcmdjpls",
+    },
+    Codec {
+        name: "JPEG 2000 lossless (.90)",
+        file: "j2k.dcm",
+        make: Some(("gdcmconv", &["--j2k"])),
+        dcmtk: "",
+    },
+    Codec {
+        name: "JPEG 2000 lossy 70 dB (.91)",
+        file: "j2k-lossy.dcm",
+        make: None,
+        dcmtk: "",
+    },
+    Codec {
+        name: "RLE Lossless",
+        file: "rle.dcm",
+        make: Some(("gdcmconv", &["--rle"])),
+        dcmtk: "dcmdrle",
+    },
+];
+
+fn pin_to_one_core() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn best_of(n: usize, mut f: impl FnMut() -> Option<Duration>) -> Option<Duration> {
+    (0..n)
+        .map(|_| f())
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .min()
+}
+
+/// Best wall time of a command over `REPEATS` runs; None if it fails or is missing.
+fn time_command(cmd: &str, args: &[&str]) -> Option<Duration> {
+    best_of(REPEATS, || {
+        let t = Instant::now();
+        let ok = Command::new(cmd).args(args).output().ok()?.status.success();
+        ok.then(|| t.elapsed())
+    })
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or("–".into(), |d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+}
+
+fn main() -> anyhow::Result<()> {
+    pin_to_one_core();
+    let bits: u32 = std::env::var("TAMIZ_BENCH_BITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    common::python(WRITE_ARRAY, &[d.to_str().unwrap(), &bits.to_string()]);
+    let src = d.join("ref.dcm");
+    for c in CODECS {
+        if let Some((cmd, args)) = c.make {
+            let mut a: Vec<&str> = args.to_vec();
+            let out = d.join(c.file);
+            a.extend([src.to_str().unwrap(), out.to_str().unwrap()]);
+            common::tool(cmd, &a);
+        }
+    }
+    let out = d.join("out.dcm");
+    let o = out.to_str().unwrap();
+    let s = src.to_str().unwrap();
+    // What each tool spends reading and writing the uncompressed file.
+    let dcmtk_copy = time_command("dcmconv", &[s, o]);
+    let gdcm_copy = time_command("gdcmconv", &[s, o]);
+    let minus = |a: Option<Duration>, b: Option<Duration>| Some(a?.saturating_sub(b?));
+    println!(
+        "Decode time per {}-bit 3328 x 4096 image, ms, best of {REPEATS}, one core (CPU 0); dcmtk and GDCM: the tool's run minus its copy of the uncompressed file ({} / {} ms)\n",
+        bits,
+        ms(dcmtk_copy),
+        ms(gdcm_copy)
+    );
+    println!("| codec | file MB | tamiz | dcmtk | GDCM | pydicom (fastest plugin) | tamiz vs fastest other |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    // TAMIZ_BENCH_ONLY=JPEG-LS: only the codecs whose name holds it.
+    let only = std::env::var("TAMIZ_BENCH_ONLY").unwrap_or_default();
+    for c in CODECS.iter().filter(|c| c.name.contains(&only)) {
+        let path: PathBuf = d.join(c.file);
+        let p = path.to_str().unwrap();
+        let bytes = std::fs::read(&path)?;
+        let tamiz = best_of(REPEATS, || {
+            let t = Instant::now();
+            let obj = dicom_object::OpenFileOptions::new()
+                .from_reader(&bytes[128..])
+                .ok()?;
+            // tamiz's path: its own JPEG Lossless decoder, dicom-rs for the rest.
+            let native = tamiz::dicom::pixels::predecode(&obj).ok()?;
+            let decoded = native.as_ref().unwrap_or(&obj).decode_pixel_data().ok()?;
+            std::hint::black_box(decoded.data());
+            Some(t.elapsed())
+        });
+        let dcmtk = if c.dcmtk.is_empty() {
+            None
+        } else {
+            let args: &[&str] = if c.dcmtk == "dcmconv" {
+                &["+te", p, o]
+            } else {
+                &[p, o]
+            };
+            minus(time_command(c.dcmtk, args), dcmtk_copy)
+        };
+        let gdcm = minus(time_command("gdcmconv", &["--raw", p, o]), gdcm_copy);
+        let (plugin, pydicom) = pydicom_best(&path);
+        let others = [dcmtk, gdcm, pydicom].into_iter().flatten().min();
+        let ratio = match (tamiz, others) {
+            (Some(t), Some(o)) if !o.is_zero() => {
+                format!("{:.2}×", t.as_secs_f64() / o.as_secs_f64())
+            }
+            _ => "–".into(),
+        };
+        println!(
+            "| {} | {:.1} | {} | {} | {} | {} ({plugin}) | {ratio} |",
+            c.name,
+            bytes.len() as f64 / 1e6,
+            ms(tamiz),
+            ms(dcmtk),
+            ms(gdcm),
+            ms(pydicom),
+        );
+    }
+    Ok(())
+}
+
+/// pydicom's fastest plugin for the file, and its time.
+fn pydicom_best(path: &Path) -> (String, Option<Duration>) {
+    let out = common::python(
+        PYDICOM_TIMES,
+        &[path.to_str().unwrap(), &REPEATS.to_string()],
+    );
+    out.lines()
+        .filter_map(|l| {
+            let (name, ms) = l.split_once(' ')?;
+            Some((name.to_owned(), ms.parse::<f64>().ok()?))
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(("none".into(), None), |(n, ms)| {
+            (n, Some(Duration::from_secs_f64(ms / 1000.0)))
+        })
+}
