@@ -16,36 +16,15 @@ use tamiz::worker::prepare_view;
 /// Writes `ref.dcm` (Explicit VR Little Endian, MG For Presentation, 512 × 416,
 /// `bits` stored bits using the whole range) and pydicom's own encodings of it.
 const WRITE_ARRAY: &str = r#"
-import sys, numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+import sys
 from pydicom import uid
+from mg_array import breast, mammogram
 out, bits = sys.argv[1], int(sys.argv[2])
-rows, cols = 512, 416
-y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
-dome = np.clip(1.0 - ((x / cols) ** 2 + ((y - rows / 2) / (rows / 2)) ** 2), 0, 1)
-rng = np.random.default_rng(bits)
-img = dome * 0.8 + 0.15 * np.sin(x / 7.0) * np.cos(y / 11.0) * dome + rng.normal(0, 0.01, (rows, cols))
+arr = breast(512, 416, bits, noise=0.01, seed=bits)
 top = (1 << bits) - 1
-arr = np.clip(img * top, 0, top).astype(np.uint16)
 arr[0, 0], arr[-1, -1] = 0, top
-meta = FileMetaDataset()
-meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-ds = Dataset()
-ds.file_meta = meta
-ds.SOPClassUID = meta.MediaStorageSOPClassUID
-ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
-ds.Modality, ds.PatientID, ds.PatientName = "MG", "CODEC-1", "CODEC^TEST"
-ds.ImageLaterality, ds.ViewPosition = "L", "CC"
-ds.PresentationIntentType = "FOR PRESENTATION"
-ds.Rows, ds.Columns = rows, cols
-ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-ds.PixelSpacing = [0.1, 0.1]
+ds = mammogram(arr, bits, "CODEC-1")
 ds.WindowCenter, ds.WindowWidth = top // 2, top
-ds.PixelData = arr.tobytes()
 ds.save_as(f"{out}/ref.dcm", enforce_file_format=True)
 for name, syntax, kw in [
     ("pydicom-rle", uid.RLELossless, {}),

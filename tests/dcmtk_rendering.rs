@@ -13,30 +13,14 @@ use tamiz::dicom::pixels::decode_display;
 
 /// Writes `{variant}.dcm`: a 12-bit 256 x 208 MG image with the variant's VOI.
 const WRITE: &str = r#"
-import sys, numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset, Dataset as Item
+import sys
+from pydicom.dataset import Dataset as Item
 from pydicom.sequence import Sequence
-from pydicom import uid
+from mg_array import breast, mammogram
 out, variant = sys.argv[1], sys.argv[2]
-rows, cols, bits = 256, 208, 12
-y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
-dome = np.clip(1.0 - ((x / cols) ** 2 + ((y - rows / 2) / (rows / 2)) ** 2), 0, 1)
-img = dome * 0.85 + 0.1 * np.sin(x / 5.0) * np.cos(y / 9.0) * dome + 0.02
-arr = np.clip(img * 4095, 0, 4095).astype(np.uint16)
-meta = FileMetaDataset()
-meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.2"
-meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-ds = Dataset()
-ds.file_meta = meta
-ds.SOPClassUID = meta.MediaStorageSOPClassUID
-ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-ds.StudyInstanceUID, ds.SeriesInstanceUID = uid.generate_uid(), uid.generate_uid()
-ds.Modality, ds.PatientID = "MG", "RENDER-1"
-ds.ImageLaterality, ds.ViewPosition = "R", "MLO"
-ds.Rows, ds.Columns = rows, cols
-ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+bits = 12
+arr = breast(256, 208, bits, level=0.85, amplitude=0.1, texture=(5.0, 9.0), floor=0.02)
+ds = mammogram(arr, bits, "RENDER-1", laterality="R", view="MLO")
 # Two windows: the first is the one both renderers use.
 ds.WindowCenter, ds.WindowWidth = [2100, 1800], [1500, 3600]
 if variant == "sigmoid":
@@ -55,7 +39,6 @@ elif variant == "voi_lut":
     lut["LUTData"].VR = "US"
     lut.LUTExplanation = "gamma 0.6"
     ds.VOILUTSequence = Sequence([lut])
-ds.PixelData = arr.tobytes()
 ds.save_as(f"{out}/{variant}.dcm", enforce_file_format=True)
 "#;
 

@@ -519,6 +519,12 @@ pub fn venv_python() -> PathBuf {
 /// outputs, unless it succeeded).
 pub fn python(script: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(venv_python())
+        // tests/common/*.py (mg_array: the test images of the codec tests) import
+        // as modules.
+        .env(
+            "PYTHONPATH",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common"),
+        )
         .arg("-c")
         .arg(script)
         .args(args)
