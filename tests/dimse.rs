@@ -194,6 +194,73 @@ async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
     t.stop().await;
 }
 
+/// The archive codecs over C-STORE: a study whose views are JPEG-LS lossless (from
+/// dcmtk and from GDCM), JPEG-LS near-lossless and JPEG 2000 lossless is stored as
+/// sent and triaged like the uncompressed study (CharLS and OpenJPEG; tamiz's own JPEG
+/// Lossless and RLE decoders are under the test before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_study_in_jpeg_ls_and_jpeg_2000_is_stored_and_triaged() {
+    let t = server().await;
+    let dir = t.dir.path().join("in");
+    let study = plan(4103, true);
+    let files = study_files(&dir, &study);
+    let conv = |i: usize, tool_name: &str, flags: &[&str]| {
+        let out = dir.join(format!("view{i}.dcm"));
+        let mut args: Vec<&str> = flags.to_vec();
+        let src = files[i].0.display().to_string();
+        let dst = out.display().to_string();
+        args.push(&src);
+        args.push(&dst);
+        common::tool(tool_name, &args);
+        out
+    };
+    let sent = [
+        (
+            conv(0, "dcmcjpls", &["+el"]),
+            "1.2.840.10008.1.2.4.80",
+            "-xt",
+        ),
+        (
+            conv(1, "dcmcjpls", &["+en"]),
+            "1.2.840.10008.1.2.4.81",
+            "-xu",
+        ),
+        (
+            conv(2, "gdcmconv", &["--j2k"]),
+            "1.2.840.10008.1.2.4.90",
+            "-xv",
+        ),
+        (
+            conv(3, "gdcmconv", &["--jpegls"]),
+            "1.2.840.10008.1.2.4.80",
+            "-xt",
+        ),
+    ];
+    for (path, ts, flag) in &sent {
+        let obj = dicom_object::open_file(path).unwrap();
+        assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), *ts);
+        let mut args: Vec<String> = [flag, "-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(port(&t));
+        args.push(path.display().to_string());
+        let out = storescu(args).await;
+        assert!(
+            out.status.success(),
+            "storescu {flag} ({ts}) failed: {}",
+            text(&out)
+        );
+    }
+    let status = t.wait_worklisted(&study.study_uid).await;
+    assert_eq!(status.instances, 4);
+    let item = status.worklist.expect("worklisted");
+    assert!(item.triaged, "every view decodes: {}", item.reason);
+    // The lesion study comes out urgent as from uncompressed files.
+    assert_eq!(item.priority, "urgent", "{}", item.reason);
+    t.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_studies_over_parallel_associations() {
     let t = server().await;
