@@ -24,7 +24,7 @@ serve: setup build
 	$(CARGO) run --quiet -- serve
 
 lint:
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 bench: setup
