@@ -61,6 +61,7 @@ fn encode_all(dir: &Path, bits: u32) -> (PathBuf, Vec<Encoded>) {
     tool("gdcmconv", &["--jpegls", s, &o("gdcm-jls")]);
     tool("gdcmconv", &["--j2k", s, &o("gdcm-j2k")]);
     tool("gdcmconv", &["--rle", s, &o("gdcm-rle")]);
+    tool("dcmconv", &["+td", s, &o("dcmtk-deflated")]);
     let e = |name: &'static str, syntax: &'static str, max_error: u32| Encoded {
         name,
         path: out(name),
@@ -84,6 +85,7 @@ fn encode_all(dir: &Path, bits: u32) -> (PathBuf, Vec<Encoded>) {
         e("pydicom-j2k-lossy", "1.2.840.10008.1.2.4.91", j2k_lossy),
         e("gdcm-rle", "1.2.840.10008.1.2.5", 0),
         e("pydicom-rle", "1.2.840.10008.1.2.5", 0),
+        e("dcmtk-deflated", "1.2.840.10008.1.2.1.99", 0),
     ];
     (src, files)
 }
