@@ -3,7 +3,7 @@
 //! if any file failed. Re-running is safe: instances already stored are reported as
 //! stored and nothing is duplicated.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -127,7 +127,13 @@ pub async fn upload_with(
     let emit = |r: FileResult, report: &mut UploadReport| {
         if print {
             match &r.outcome {
-                Ok(s) => println!("{s:<8} {}", r.path.display()),
+                // "WARNING: text": stored, with a warning the sender should read.
+                Ok(s) => match s.split_once(": ") {
+                    Some((status, detail)) => {
+                        println!("{status:<8} {}: {detail}", r.path.display())
+                    }
+                    None => println!("{s:<8} {}", r.path.display()),
+                },
                 Err(e) => println!("FAILED   {}: {e}", r.path.display()),
             }
         }
@@ -346,9 +352,18 @@ fn map_response(
                 other => other.to_string(),
             })
     };
-    let stored: HashSet<String> = sq("00081199")
+    // Each stored instance, with its warning (tamiz's whole text, else the Error
+    // Comment) when it has a Warning Reason.
+    let stored: HashMap<String, Option<String>> = sq("00081199")
         .iter()
-        .filter_map(|i| first_str(i, "00081155"))
+        .filter_map(|i| {
+            let warning = first_str(i, "00081196").map(|_| {
+                first_str(i, crate::api::FULL_REASON)
+                    .or_else(|| first_str(i, "00000902"))
+                    .unwrap_or_else(|| "stored with a warning".into())
+            });
+            Some((first_str(i, "00081155")?, warning))
+        })
         .collect();
     let mut failed: HashMap<String, String> = HashMap::new();
     let mut anonymous: Vec<String> = Vec::new();
@@ -371,8 +386,11 @@ fn map_response(
     batch
         .iter()
         .map(|(p, uid, _)| {
-            let outcome = if stored.contains(uid) {
-                Ok("stored".to_string())
+            let outcome = if let Some(warning) = stored.get(uid) {
+                Ok(match warning {
+                    Some(w) => format!("WARNING: {w}"),
+                    None => "stored".to_string(),
+                })
             } else if let Some(m) = failed.get(uid) {
                 Err(m.clone())
             } else if anonymous.len() == 1 {

@@ -3,8 +3,9 @@
 //!
 //! The policy, in order:
 //! 1. **Screening views only**: the card's views (CC and MLO) without a work-up modifier (spot compression,
-//!    magnification, rolled, cleavage, ...). Work-up images stay in the study and on
-//!    the worklist for reading; they are never scored as a screening view.
+//!    magnification, rolled, cleavage, ...) and not tomosynthesis (a stack of 3D
+//!    slices, marked by the modifier `tomosynthesis` at ingest). Such images stay in the
+//!    study and on the worklist for reading; they are never scored as a screening view.
 //! 2. **Intent**: only the Presentation Intents the model card takes (For Presentation
 //!    for the shipped model); raw For Processing data is never scored by a model not
 //!    made for it.
@@ -26,7 +27,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::catalog::StoredInstance;
-use crate::dicom::{Implant, Intent};
+use crate::dicom::{Implant, Intent, TOMOSYNTHESIS};
 use crate::model::InputSpec;
 
 /// The screening views in the order the worker reports them missing.
@@ -79,9 +80,21 @@ pub fn select(instances: &[StoredInstance], input: &InputSpec) -> Selection {
         .iter()
         .filter(|i| input.views.contains(&i.view))
         .collect();
+    let is_tomo = |i: &StoredInstance| i.modifiers == TOMOSYNTHESIS;
+    let tomosynthesis: Vec<String> = screening
+        .iter()
+        .filter(|i| is_tomo(i))
+        .map(|i| name(i))
+        .collect();
+    if !tomosynthesis.is_empty() {
+        notes.push(format!(
+            "tomosynthesis kept for reading, not scored: {}",
+            tomosynthesis.join(", ")
+        ));
+    }
     let workup: Vec<String> = screening
         .iter()
-        .filter(|i| !i.modifiers.is_empty())
+        .filter(|i| !i.modifiers.is_empty() && !is_tomo(i))
         .map(|i| format!("{} {}", name(i), i.modifiers))
         .collect();
     if !workup.is_empty() {
@@ -163,6 +176,9 @@ pub fn select(instances: &[StoredInstance], input: &InputSpec) -> Selection {
             )
         } else if !workup.is_empty() {
             "only work-up views (spot, magnification or other modified views), no screening view"
+                .into()
+        } else if !tomosynthesis.is_empty() {
+            "only Breast Tomosynthesis images, no 2D screening view; the model scores 2D projection views"
                 .into()
         } else {
             format!("no {} view in the study", input.views.join(" or "))

@@ -325,10 +325,10 @@ const PYNETDICOM_SEND: &str = r#"
 import sys
 from pydicom import dcmread
 from pynetdicom import AE
-from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, SecondaryCaptureImageStorage
+from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, SecondaryCaptureImageStorage, BreastTomosynthesisImageStorage
 SC = SecondaryCaptureImageStorage
 ae = AE(ae_title="CLINIC_B_PACS")
-for c in (DigitalMammographyXRayImageStorageForPresentation, SC):
+for c in (DigitalMammographyXRayImageStorageForPresentation, SC, BreastTomosynthesisImageStorage):
     ae.add_requested_context(c, ["1.2.840.10008.1.2.1"])
 assoc = ae.associate("127.0.0.1", int(sys.argv[1]), ae_title="TAMIZ")
 assert assoc.is_established, "association"
@@ -404,7 +404,7 @@ async fn refused_instances_get_their_status_and_reason_and_the_association_goes_
             ),
             expect(
                 "A900",
-                "missing laterality: neither Image Laterality (0020,0062) nor Laterality (0020,0060) is L or R"
+                "missing laterality: no L or R in Image Laterality (0020,0062), Laterality (0020,0060), Frame Laterality (0020,9072) or the Anatomic Region Sequence (0008,2218)"
             ),
             expect("0000", ""),
             expect("0000", ""),
@@ -417,6 +417,63 @@ async fn refused_instances_get_their_status_and_reason_and_the_association_goes_
             ),
         ]
     );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tomosynthesis_instance_is_stored_with_a_warning_status_not_triaged() {
+    let t = server().await;
+    let p = port(&t);
+    let study = plan(4125, false);
+    let dir = t.dir.path().join("in");
+    let files = study_files(&dir, &study);
+    let first_view = dicom_object::open_file(&files[0].0).unwrap();
+    // One file for each client: pynetdicom re-encodes what it reads, so the same
+    // instance from storescu would differ in bytes (a 0111 conflict).
+    let write_tomo = |name: &str, suffix: &str| {
+        let path = dir.join(name);
+        let obj = common::enhanced::tomosynthesis(&first_view, 3, suffix);
+        std::fs::write(&path, common::enhanced::bytes(&obj)).unwrap();
+        path
+    };
+    let tomo = write_tomo("tomo.dcm", "9");
+    let tomo_storescu = write_tomo("tomo-storescu.dcm", "8");
+    let warning_text =
+        "stored, not triaged: Breast Tomosynthesis (3 frames) is kept for reading; the triage model scores 2D projection views only";
+    let cut: String = warning_text.chars().take(64).collect();
+    // pynetdicom: the exact status and Error Comment, the same on a second send.
+    let items = vec![tomo.display().to_string(), tomo.display().to_string()];
+    let pp = p.clone();
+    let answers = tokio::task::spawn_blocking(move || pynetdicom_send(&pp, &items))
+        .await
+        .unwrap();
+    let warning = ("0001".to_string(), cut.trim_end().to_string());
+    assert_eq!(answers, vec![warning.clone(), warning]);
+    // storescu: the store succeeds with a warning, and the rest of the study follows
+    // (-R: storescu's default contexts leave Breast Tomosynthesis out).
+    let mut args = vec![
+        "-v".into(),
+        "-R".into(),
+        "-aet".into(),
+        "CLINIC_B_PACS".into(),
+        "-aec".into(),
+        "TAMIZ".into(),
+    ];
+    args.extend(["127.0.0.1".to_string(), p]);
+    args.push(tomo_storescu.display().to_string());
+    args.extend(paths(&files));
+    let out = storescu(args).await;
+    assert!(out.status.success(), "storescu failed: {}", text(&out));
+    // dcmtk names only the storage warnings B000/B006/B007; 0001 is the general
+    // warning class (PS3.7 Annex C), which it prints by number and does not fail on.
+    assert!(
+        text(&out).contains("Received Store Response (Unknown Status: 0x1)"),
+        "storescu got no warning status: {}",
+        text(&out)
+    );
+    let s = t.wait_worklisted(&study.study_uid).await;
+    assert_eq!(s.instances, 6);
+    assert_eq!(s.view_scores.as_ref().unwrap().as_array().unwrap().len(), 4);
     t.stop().await;
 }
 

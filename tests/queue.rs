@@ -30,6 +30,8 @@ fn meta(study: &str, sop: &str, lat: Laterality, view: View) -> InstanceMeta {
         patient_issuer: String::new(),
         institution_name: None,
         acquisition: Default::default(),
+        frames: 1,
+        warning: None,
     }
 }
 

@@ -10,6 +10,11 @@
 //! instances, Failed SOP Sequence (0008,1198) with Failure Reason (0008,1197) and a
 //! readable Error Comment (0000,0902) for the others.
 //!
+//! An instance stored with a warning (a tomosynthesis object, stored but not triaged)
+//! carries Warning Reason (0008,1196) and the text in its Referenced SOP item, and the
+//! response a `Warning: 299` header; it does not make the status 202, so a
+//! tomosynthesis study is not reported as partly failed on every send.
+//!
 //! Status: 200 all stored, 202 some refused, 409 none stored; 503 with Retry-After
 //! when any part failed for a temporary server reason and 507 when the server's disk
 //! is full (resending the whole request is safe: stored instances answer "stored"
@@ -26,7 +31,7 @@ use super::access::Caller;
 use super::multipart::{framed_body, BodyError};
 use super::{ApiError, AppState};
 use crate::catalog::Role;
-use crate::dicom::is_valid_uid;
+use crate::dicom::{is_valid_uid, WARNING_STORED_NOT_TRIAGED};
 use crate::ingest::IngestError;
 use crate::spool::{Spool, SpoolError, SpoolFile};
 
@@ -107,6 +112,8 @@ enum PartResult {
         sop: String,
         study: String,
         series: String,
+        /// Stored, but not as the sender may assume (tomosynthesis: not triaged).
+        warning: Option<String>,
     },
     Failed {
         sop_class: Option<String>,
@@ -353,6 +360,7 @@ async fn store(
                 sop: meta.sop_instance_uid,
                 study: meta.study_uid,
                 series: meta.series_uid,
+                warning: meta.warning,
             },
             Err(e) => {
                 let (sop_class, sop) = read_uids(spooled.path().to_owned()).await;
@@ -527,6 +535,7 @@ fn respond(results: Vec<PartResult>, base: &Option<String>) -> Response {
     let mut referenced = Vec::new();
     let mut failures = Vec::new();
     let mut worst = Failure::Refused;
+    let mut warnings = 0usize;
     for r in results {
         match r {
             PartResult::Stored {
@@ -534,11 +543,19 @@ fn respond(results: Vec<PartResult>, base: &Option<String>) -> Response {
                 sop,
                 study,
                 series,
+                warning,
             } => {
                 let mut item = json!({
                     "00081150": { "vr": "UI", "Value": [sop_class] },
                     "00081155": { "vr": "UI", "Value": [sop] },
                 });
+                if let Some(w) = warning {
+                    item["00081196"] = json!({ "vr": "US", "Value": [WARNING_STORED_NOT_TRIAGED] });
+                    item["00000902"] = json!({ "vr": "LO", "Value": [error_comment(&w)] });
+                    item[PRIVATE_CREATOR] = json!({ "vr": "LO", "Value": [PRIVATE_CREATOR_NAME] });
+                    item[FULL_REASON] = json!({ "vr": "UT", "Value": [w] });
+                    warnings += 1;
+                }
                 if let Some(b) = base {
                     item["00081190"] = json!({
                         "vr": "UR",
@@ -605,6 +622,15 @@ fn respond(results: Vec<PartResult>, base: &Option<String>) -> Response {
         Value::Object(body).to_string(),
     )
         .into_response();
+    if warnings > 0 {
+        // RFC 7234 §5.5 / PS3.18 §8.3.5.1: 299, a miscellaneous persistent warning.
+        let text = format!(
+            "299 tamiz \"{warnings} instance(s) stored but not triaged; see Warning Reason (0008,1196) in the response\""
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().insert(header::WARNING, v);
+        }
+    }
     if let Some(secs) = retry_after {
         response
             .headers_mut()

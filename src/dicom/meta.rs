@@ -12,13 +12,32 @@ use super::{is_valid_uid, trim_value};
 use crate::config::Limits;
 
 /// Mammography SOP classes (PS3.4 Annex B.5): digital mammography for presentation and
-/// for processing, and breast projection X-ray.
+/// for processing, breast tomosynthesis, and breast projection X-ray.
 pub const MAMMOGRAPHY_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.1.2",
     "1.2.840.10008.5.1.4.1.1.1.2.1",
+    BREAST_TOMOSYNTHESIS,
     "1.2.840.10008.5.1.4.1.1.13.1.4",
     "1.2.840.10008.5.1.4.1.1.13.1.5",
 ];
+
+/// Breast Tomosynthesis Image Storage: a multi-frame stack of reconstructed slices.
+/// The triage model reads 2D projection views, so such an instance is stored and
+/// shown for reading but never scored (it carries the modifier [`TOMOSYNTHESIS`]),
+/// and its sender is told so as a warning.
+pub const BREAST_TOMOSYNTHESIS: &str = "1.2.840.10008.5.1.4.1.1.13.1.3";
+
+/// The modifier a tomosynthesis instance carries: like a work-up modifier, it keeps
+/// the image out of the four screening views (`src/views.rs`, the catalog's
+/// completeness check).
+pub const TOMOSYNTHESIS: &str = "tomosynthesis";
+
+/// The status of an instance stored with a warning: Warning Reason (0008,1196) in
+/// STOW-RS, the C-STORE status. None of the storage warnings (B000 coercion, B006
+/// elements discarded, B007 data set does not match the SOP class) is true of a
+/// tomosynthesis instance kept untriaged, so tamiz uses the general DIMSE warning
+/// 0001 (PS3.7 Annex C); the Error Comment and (0009,1001) say what the warning is.
+pub const WARNING_STORED_NOT_TRIAGED: u16 = 0x0001;
 
 /// Single-frame image SOP classes that carry mammograms when Modality is MG: CR, DX
 /// and Secondary Capture (the digitized-film archives, CBIS-DDSM among them, use SC).
@@ -102,6 +121,11 @@ pub struct InstanceMeta {
     pub institution_name: Option<String>,
     /// What the image is for and how it was taken: what view selection reads.
     pub acquisition: Acquisition,
+    /// Number of Frames: 1 except for tomosynthesis.
+    pub frames: u32,
+    /// Stored, but the sender should know something (a tomosynthesis instance is not
+    /// triaged): the text of the warning the STOW-RS and C-STORE responses carry.
+    pub warning: Option<String>,
 }
 
 /// Presentation Intent (PS3.3 C.8.11.7): raw detector data for a vendor's processing,
@@ -319,7 +343,7 @@ pub enum InvalidInstance {
     BadUid { name: &'static str, value: String },
     #[error("not a mammogram: Modality {modality}, SOP Class {sop_class}")]
     NotMammography { modality: String, sop_class: String },
-    #[error("missing laterality: neither Image Laterality (0020,0062) nor Laterality (0020,0060) is L or R")]
+    #[error("missing laterality: no L or R in Image Laterality (0020,0062), Laterality (0020,0060), Frame Laterality (0020,9072) or the Anatomic Region Sequence (0008,2218)")]
     MissingLaterality,
     #[error("missing view: no View Position (0018,5101), View Code Sequence (0054,0220) or CC/MLO Patient Orientation")]
     MissingView,
@@ -336,13 +360,14 @@ pub enum InvalidInstance {
         "instance belongs to study {found}, not to the study {expected} named in the request URL"
     )]
     WrongStudy { expected: String, found: String },
-    #[error("Pixel Data (7FE0,0010) holds {found} bytes but Rows x Columns x Samples per Pixel x Bits Allocated x frames ({rows} x {columns} x 1 x {bits_allocated} x 1) needs {expected} (truncated or corrupt image)")]
+    #[error("Pixel Data (7FE0,0010) holds {found} bytes but Rows x Columns x Samples per Pixel x Bits Allocated x frames ({rows} x {columns} x 1 x {bits_allocated} x {frames}) needs {expected} (truncated or corrupt image)")]
     PixelDataLength {
         found: u64,
         expected: u64,
         rows: u32,
         columns: u32,
         bits_allocated: u16,
+        frames: u32,
     },
     #[error("encapsulated Pixel Data is not usable: {0}")]
     BadFragments(String),
@@ -417,10 +442,58 @@ fn printable(s: &str) -> String {
         .collect()
 }
 
+/// The item of a functional group macro (e.g. Frame Anatomy) that holds for the image:
+/// the Shared Functional Groups Sequence's, else the first frame's in the Per-frame
+/// Functional Groups Sequence (PS3.3 C.7.6.16). The enhanced and breast projection
+/// classes keep laterality and VOI there rather than at the top level.
+fn functional_group(obj: &InMemDicomObject, macro_tag: Tag) -> Option<&InMemDicomObject> {
+    [
+        tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+        tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+    ]
+    .into_iter()
+    .find_map(|seq| {
+        obj.get(seq)?
+            .items()?
+            .first()?
+            .get(macro_tag)?
+            .items()?
+            .first()
+    })
+}
+
+/// Laterality from a coded anatomic region: "left breast" / "right breast"
+/// (SNOMED CT and legacy SNOMED RT), or "breast" with a left / right modifier.
+fn coded_laterality(obj: &InMemDicomObject) -> Option<Laterality> {
+    let code_of = |item: &InMemDicomObject| match text(item, tags::CODE_VALUE).as_deref() {
+        Some("80248007" | "T-04030" | "7771000" | "G-A101") => Some(Laterality::L),
+        Some("73056007" | "T-04020" | "24028007" | "G-A100") => Some(Laterality::R),
+        _ => None,
+    };
+    let region = obj.get(tags::ANATOMIC_REGION_SEQUENCE)?.items()?.first()?;
+    code_of(region).or_else(|| {
+        region
+            .get(tags::ANATOMIC_REGION_MODIFIER_SEQUENCE)?
+            .items()?
+            .iter()
+            .find_map(code_of)
+    })
+}
+
+/// Image Laterality, else Laterality, else Frame Laterality of the Frame Anatomy
+/// functional group, else a coded anatomic region (top level, then Frame Anatomy).
 fn laterality(obj: &InMemDicomObject) -> Option<Laterality> {
+    let anatomy = functional_group(obj, tags::FRAME_ANATOMY_SEQUENCE);
     [tags::IMAGE_LATERALITY, tags::LATERALITY]
         .into_iter()
         .find_map(|t| text(obj, t).and_then(|v| Laterality::parse(&v)))
+        .or_else(|| {
+            anatomy
+                .and_then(|a| text(a, tags::FRAME_LATERALITY))
+                .and_then(|v| Laterality::parse(&v))
+        })
+        .or_else(|| coded_laterality(obj))
+        .or_else(|| anatomy.and_then(coded_laterality))
 }
 
 /// The views of CID 4014 (View for Mammography), by SNOMED CT code and by the
@@ -521,8 +594,17 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
         tags::SAMPLES_PER_PIXEL,
         "Samples per Pixel (0028,0002)",
     )?;
-    let frames = match obj.get(tags::NUMBER_OF_FRAMES) {
-        Some(e) => e.to_int::<u32>().unwrap_or(1),
+    let tomosynthesis = sop_class_uid == BREAST_TOMOSYNTHESIS;
+    let frames = match text(obj, tags::NUMBER_OF_FRAMES) {
+        Some(v) => match obj.get(tags::NUMBER_OF_FRAMES).map(|e| e.to_int::<u32>()) {
+            Some(Ok(n)) if n >= 1 => n,
+            _ => {
+                return Err(InvalidInstance::BadValue {
+                    name: "Number of Frames (0028,0008)",
+                    value: printable(&v),
+                })
+            }
+        },
         None => 1,
     };
     if !matches!(bits_allocated, 8 | 16) || bits_stored == 0 || bits_stored > bits_allocated {
@@ -535,12 +617,19 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
             "{samples} samples per pixel (mammograms are grayscale)"
         )));
     }
-    if frames != 1 {
+    if frames != 1 && !tomosynthesis {
         return Err(InvalidInstance::UnsupportedPixels(format!(
-            "{frames} frames (only single-frame projection images are read)"
+            "{frames} frames (only single-frame projection images and Breast Tomosynthesis are read)"
         )));
     }
-    let acquisition = acquisition(obj, &sop_class_uid);
+    let mut acquisition = acquisition(obj, &sop_class_uid);
+    let warning = tomosynthesis.then(|| {
+        acquisition.modifiers.push(TOMOSYNTHESIS.to_owned());
+        acquisition.modifiers.sort();
+        format!(
+            "stored, not triaged: Breast Tomosynthesis ({frames} frames) is kept for reading; the triage model scores 2D projection views only"
+        )
+    });
     Ok(InstanceMeta {
         sop_class_uid,
         sop_instance_uid,
@@ -558,6 +647,8 @@ pub fn extract(obj: &DefaultDicomObject, limits: &Limits) -> Result<InstanceMeta
         patient_issuer: text(obj, tags::ISSUER_OF_PATIENT_ID).unwrap_or_default(),
         institution_name: text(obj, tags::INSTITUTION_NAME),
         acquisition,
+        frames,
+        warning,
     })
 }
 
@@ -592,8 +683,10 @@ pub fn check_pixel_data(
                     meta.transfer_syntax
                 ));
             }
-            let expected =
-                meta.rows as u64 * meta.columns as u64 * (meta.bits_allocated as u64 / 8);
+            let expected = meta.rows as u64
+                * meta.columns as u64
+                * (meta.bits_allocated as u64 / 8)
+                * meta.frames as u64;
             let padded = expected + expected % 2;
             if *bytes == expected || *bytes == padded {
                 Ok(())
@@ -604,6 +697,7 @@ pub fn check_pixel_data(
                     rows: meta.rows,
                     columns: meta.columns,
                     bits_allocated: meta.bits_allocated,
+                    frames: meta.frames,
                 })
             }
         }
@@ -624,10 +718,17 @@ pub fn check_pixel_data(
             if fragments.contains(&0) {
                 return frag("a fragment is empty".into());
             }
-            if !(offsets.is_empty() || offsets == &[0]) {
+            let frames = meta.frames as usize;
+            if !(offsets.is_empty() || (offsets.len() == frames && offsets[0] == 0)) {
                 return frag(format!(
-                    "the Basic Offset Table lists {} offsets for 1 frame (expected none, or one offset 0)",
+                    "the Basic Offset Table lists {} offsets for {frames} frame(s) (expected none, or one per frame starting at 0)",
                     offsets.len()
+                ));
+            }
+            if fragments.len() < frames {
+                return frag(format!(
+                    "{} fragment(s) for {frames} frames (each frame needs at least one)",
+                    fragments.len()
                 ));
             }
             if meta.transfer_syntax == guard::RLE_LOSSLESS {
@@ -653,10 +754,11 @@ fn check_rle_header(
     head: &[u8],
 ) -> Result<(), InvalidInstance> {
     let frag = |m: String| Err(InvalidInstance::BadFragments(m));
-    if fragments.len() != 1 {
+    if fragments.len() != meta.frames as usize {
         return frag(format!(
-            "RLE Lossless stores each frame in one fragment (PS3.5 §G.2), found {} for 1 frame",
-            fragments.len()
+            "RLE Lossless stores each frame in one fragment (PS3.5 §G.2), found {} for {} frame(s)",
+            fragments.len(),
+            meta.frames
         ));
     }
     if head.len() < 64 {

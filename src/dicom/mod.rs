@@ -9,7 +9,10 @@ pub mod pixels;
 
 pub use guard::ACCEPTED_TRANSFER_SYNTAXES;
 pub use meta::{Acquisition, Implant, InstanceMeta, Intent, InvalidInstance, Laterality, View};
-pub use meta::{GENERIC_IMAGE_SOP_CLASSES, MAMMOGRAPHY_SOP_CLASSES};
+pub use meta::{
+    BREAST_TOMOSYNTHESIS, GENERIC_IMAGE_SOP_CLASSES, MAMMOGRAPHY_SOP_CLASSES, TOMOSYNTHESIS,
+    WARNING_STORED_NOT_TRIAGED,
+};
 
 use std::io::{BufRead, Seek, SeekFrom};
 

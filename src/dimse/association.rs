@@ -19,6 +19,8 @@ const WRITE_CHUNK: usize = 1 << 20;
 
 /// Status of a C-STORE (PS3.4 Annex B.2.3, PS3.7 Annex C).
 const SUCCESS: u16 = 0x0000;
+/// Stored with a warning (tomosynthesis: not triaged), as STOW-RS reports it.
+const WARNING: u16 = crate::dicom::WARNING_STORED_NOT_TRIAGED;
 const OUT_OF_RESOURCES: u16 = 0xA700;
 const PROCESSING_FAILURE: u16 = 0x0110;
 const CANNOT_UNDERSTAND: u16 = 0xC000;
@@ -220,8 +222,8 @@ impl Session<'_> {
         }
     }
 
-    /// Ingests a complete instance; the C-STORE status and, unless it succeeded, the
-    /// Error Comment.
+    /// Ingests a complete instance; the C-STORE status and, unless it succeeded
+    /// plainly, the Error Comment (a refusal's reason or a warning's text).
     async fn finish(&mut self, mut incoming: Incoming) -> (u16, Option<String>) {
         let outcome = match incoming.close().await {
             Some((file, permit)) => {
@@ -233,7 +235,7 @@ impl Session<'_> {
                     .ingest_file(file.path(), None, Some(&self.center), hold)
                     .await;
                 match r {
-                    Ok((_, Accepted::Stored | Accepted::AlreadyStored)) => Ok(()),
+                    Ok((meta, Accepted::Stored | Accepted::AlreadyStored)) => Ok(meta.warning),
                     Err(e) => Err(refusal_of(&e)),
                 }
             }
@@ -243,10 +245,13 @@ impl Session<'_> {
                 .unwrap_or((PROCESSING_FAILURE, "the instance was not received".into()))),
         };
         match outcome {
-            Ok(()) => {
+            Ok(warning) => {
                 self.stored += 1;
                 crate::metrics::metrics().count_dimse("stored");
-                (SUCCESS, None)
+                match warning {
+                    Some(w) => (WARNING, Some(w)),
+                    None => (SUCCESS, None),
+                }
             }
             Err((status, reason)) => {
                 self.refused += 1;

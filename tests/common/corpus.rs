@@ -719,7 +719,7 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
             encapsulated(&[0, 10, 20], std::slice::from_ref(&good_rle)),
         ),
         0xC000,
-        bad_frag("the Basic Offset Table lists 3 offsets for 1 frame"),
+        bad_frag("the Basic Offset Table lists 3 offsets for 1 frame(s) (expected none, or one per frame starting at 0)"),
     ));
     let mut odd_bot = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0];
     odd_bot.extend_from_slice(&UNDEF);
@@ -760,7 +760,7 @@ pub fn corpus(limits: &Limits) -> Vec<Case> {
         ),
         0xC000,
         bad_frag(
-            "RLE Lossless stores each frame in one fragment (PS3.5 §G.2), found 2 for 1 frame",
+            "RLE Lossless stores each frame in one fragment (PS3.5 §G.2), found 2 for 1 frame(s)",
         ),
     ));
     // A decoder sizes its buffers by the codestream's frame header: one that

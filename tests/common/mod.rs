@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod certs;
 pub mod corpus;
+pub mod enhanced;
 pub mod procfs;
 
 use std::collections::HashMap;
