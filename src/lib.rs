@@ -31,6 +31,7 @@
 //!   projected completion (exchange of services), rebalancing, monthly accounts.
 //! - [`drift`]: per imaging center and week against the program (summary, metrics).
 //! - [`worker`]: lease → fetch → decode → infer → route → finish; `tamiz worker`.
+//! - [`cad_sr`]: a scored study as a Mammography CAD SR (TID 4000) beside it.
 //! - [`dimse`]: the DICOM listener (C-STORE, C-ECHO) for modalities and PACS.
 //! - [`api`]: axum routes (DICOMweb, worklist, coordinator, sign-in), each with its
 //!   access rule; the audit log of patient data read or changed.
@@ -43,6 +44,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cad_sr;
 pub mod catalog;
 pub mod config;
 pub mod dataset;

@@ -56,6 +56,7 @@ pub struct Metrics {
     /// C-STORE requests answered by this process's DICOM listener: stored (including
     /// already stored) or refused.
     pub dimse_stores: Family<OutcomeLabel, Counter>,
+    pub cad_reports: Family<OutcomeLabel, Counter>,
     /// Job attempts by how they ended: done, dead, retry, lease_lost.
     pub job_attempts: Family<OutcomeLabel, Counter>,
     /// Seconds per worker stage: fetch (a study's views), decode and preprocess (a
@@ -104,6 +105,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "C-STORE requests answered by the DICOM listener, by outcome",
         dimse_stores.clone(),
     );
+    let cad_reports = Family::default();
+    registry.register(
+        "cad_sr_reports",
+        "Mammography CAD SR reports written by this process's workers, by outcome",
+        cad_reports.clone(),
+    );
     let job_attempts = Family::default();
     registry.register(
         "job_attempts",
@@ -148,6 +155,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ingest_bytes,
         inbox_files,
         dimse_stores,
+        cad_reports,
         job_attempts,
         stage_seconds,
         jobs,
@@ -172,6 +180,12 @@ impl Metrics {
 
     pub fn count_dimse(&self, outcome: &'static str) {
         self.dimse_stores
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    pub fn count_cad_sr(&self, outcome: &'static str) {
+        self.cad_reports
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }

@@ -32,6 +32,10 @@ pub struct Scored {
     pub view_scores: Vec<ViewScore>,
     pub missing: Vec<String>,
     pub notes: Vec<String>,
+    /// What the CAD SR needs of the scored images: each one's SOP class and series,
+    /// and the attributes (up to Pixel Data) of the first, for patient and study.
+    pub sources: Vec<(String, String)>,
+    pub header: Option<dicom_object::InMemDicomObject>,
 }
 
 /// Why triage of a study did not produce scores.
@@ -243,6 +247,13 @@ async fn run_job(ctx: &WorkerContext, job: Job) {
                 triage.reason.push_str("; ");
                 triage.reason.push_str(note);
             }
+            store_report(
+                ctx,
+                &job.study_uid,
+                &scored,
+                triage.priority == crate::triage::Priority::Urgent,
+            )
+            .await;
             let item = NewItem {
                 center: String::new(),
                 home_center: None,
@@ -459,6 +470,7 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
     }))
     .await?;
     let fetched_at = started.elapsed();
+    let (sources, header) = report_sources(&fetched);
     let m = crate::metrics::metrics();
     m.observe_stage("fetch", fetched_at.as_secs_f64());
     let card = ctx.model.card.clone();
@@ -488,5 +500,116 @@ async fn triage_study(ctx: &WorkerContext, job: &Job) -> Result<Scored, StudyErr
         view_scores: name_scores(&views, scores),
         missing: selection.missing,
         notes: selection.notes,
+        sources,
+        header,
     })
+}
+
+/// Each fetched image's SOP Class and Series Instance UIDs, and the first one's
+/// attributes up to the Pixel Data (the images were checked at ingest; one that does
+/// not parse here leaves its UIDs empty and the report is not written).
+fn report_sources(
+    fetched: &[(StoredInstance, bytes::Bytes)],
+) -> (
+    Vec<(String, String)>,
+    Option<dicom_object::InMemDicomObject>,
+) {
+    use dicom_dictionary_std::tags;
+    let mut header = None;
+    let sources = fetched
+        .iter()
+        .map(|(_, bytes)| {
+            let parsed = dicom_object::OpenFileOptions::new()
+                .read_preamble(dicom_object::file::ReadPreamble::Auto)
+                .read_until(tags::PIXEL_DATA)
+                .from_reader(&bytes[..]);
+            match parsed {
+                Ok(obj) => {
+                    let uid = |t| {
+                        obj.get(t)
+                            .and_then(|e| e.to_str().ok())
+                            .map(|v| v.trim_end_matches(['\0', ' ']).to_owned())
+                            .unwrap_or_default()
+                    };
+                    let ids = (uid(tags::SOP_CLASS_UID), uid(tags::SERIES_INSTANCE_UID));
+                    if header.is_none() {
+                        header = Some(obj.into_inner());
+                    }
+                    ids
+                }
+                Err(_) => (String::new(), String::new()),
+            }
+        })
+        .collect();
+    (sources, header)
+}
+
+/// Writes the study's Mammography CAD SR beside it in the object store
+/// ([`crate::cad_sr`]). Best effort: the worklist item is what the program runs on,
+/// so a report that cannot be written is logged and counted, never a failed triage.
+async fn store_report(ctx: &WorkerContext, study_uid: &str, scored: &Scored, urgent: bool) {
+    let outcome = write_report(ctx, study_uid, scored, urgent).await;
+    let m = crate::metrics::metrics();
+    match outcome {
+        Ok(()) => m.count_cad_sr("stored"),
+        Err(e) => {
+            m.count_cad_sr("failed");
+            tracing::warn!(error = %e, "the CAD SR was not written");
+        }
+    }
+}
+
+async fn write_report(
+    ctx: &WorkerContext,
+    study_uid: &str,
+    scored: &Scored,
+    urgent: bool,
+) -> Result<(), String> {
+    let header = scored
+        .header
+        .as_ref()
+        .ok_or("no scored image could be read for the patient and study")?;
+    let images: Vec<crate::cad_sr::ScoredImage> = scored
+        .view_scores
+        .iter()
+        .zip(&scored.sources)
+        .map(|(v, (class, series))| crate::cad_sr::ScoredImage {
+            sop_class_uid: class.clone(),
+            sop_uid: v.sop_uid.clone(),
+            series_uid: series.clone(),
+            laterality: v.laterality.clone(),
+            view: v.view.clone(),
+            score: v.score,
+        })
+        .collect();
+    if images.iter().any(|i| {
+        !crate::dicom::is_valid_uid(&i.sop_class_uid) || !crate::dicom::is_valid_uid(&i.series_uid)
+    }) {
+        return Err("a scored image's SOP class or series could not be read".into());
+    }
+    let now = chrono::Utc::now();
+    let (date, time) = (
+        now.format("%Y%m%d").to_string(),
+        now.format("%H%M%S").to_string(),
+    );
+    let obj = crate::cad_sr::build(
+        study_uid,
+        header,
+        &images,
+        &ctx.model.card,
+        urgent,
+        (&date, &time),
+    )?;
+    let bytes = crate::cad_sr::to_bytes(&obj)?;
+    let key = crate::cad_sr::object_key(study_uid, obj.meta().media_storage_sop_instance_uid());
+    let dir = &ctx.config.server.data_dir;
+    let file = tempfile::NamedTempFile::new_in(dir)
+        .or_else(|_| tempfile::NamedTempFile::new())
+        .map_err(|e| format!("a scratch file for the CAD SR: {e}"))?;
+    std::fs::write(file.path(), &bytes).map_err(|e| format!("writing the CAD SR: {e}"))?;
+    ctx.store
+        .put_file_if_absent(&key, file.path())
+        .await
+        .map_err(|e| format!("storing the CAD SR: {e}"))?;
+    Ok(())
 }

@@ -76,7 +76,7 @@ fn expected(method: &Method, path: &str, who: Who) -> Expect {
             allowed(&["admin", "uploader-clinic-a", "uploader-clinic-b"])
         }
         // Its imaging center (clinic-b), its diagnosis center's radiologists (central).
-        ("GET", "/api/v1/studies/{study}") => {
+        ("GET", "/api/v1/studies/{study}" | "/api/v1/studies/{study}/cad-sr") => {
             allowed(&["admin", "uploader-clinic-b", "radiologist-central"])
         }
         // QIDO-RS over all studies: every study reader, each seeing its own.

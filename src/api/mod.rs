@@ -154,6 +154,12 @@ fn routes() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/api/v1/studies/{study}/cad-sr",
+            Roles(STUDY_READERS),
+            wado::retrieve_cad_sr,
+        ),
+        route(
+            Method::GET,
             "/api/v1/centers/{center}/worklist",
             Roles(READERS),
             worklist::list,

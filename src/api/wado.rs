@@ -235,6 +235,68 @@ fn parts(
     })
 }
 
+/// `GET /api/v1/studies/{study}/cad-sr`: the study's Mammography CAD SR
+/// ([`crate::cad_sr`]) as `application/dicom`, for whoever may see the study. Its
+/// object is found from the catalog alone: the report's UID follows from the study,
+/// the model and the scores of the worklist item. 404 when the study was not scored
+/// (untriaged, or not yet triaged) or its report was not written. Audited
+/// (`cad_sr.retrieve`).
+pub async fn retrieve_cad_sr(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(study): Path<String>,
+) -> Result<Response, ApiError> {
+    let s = super::worklist::readable_study(&state, &caller, &study).await?;
+    let not_scored =
+        || ApiError::not_found(format!("study {study} has no CAD SR: it was not scored"));
+    let model = s.model_version.as_deref().ok_or_else(not_scored)?;
+    let scores: Vec<(String, f32)> = s
+        .view_scores
+        .as_ref()
+        .and_then(|v| v.as_array())
+        .ok_or_else(not_scored)?
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v.get("sop_uid")?.as_str()?.to_owned(),
+                v.get("score")?.as_f64()? as f32,
+            ))
+        })
+        .collect();
+    let uid = crate::cad_sr::report_uid(
+        &study,
+        model,
+        scores.iter().map(|(sop, score)| (sop.as_str(), *score)),
+    );
+    let key = crate::cad_sr::object_key(&study, &uid);
+    let bytes = match state.ingest.store.get(&key).await {
+        Ok(b) => b,
+        Err(crate::storage::StoreError::NotFound(_)) => {
+            return Err(ApiError::not_found(format!(
+                "the CAD SR of study {study} was not written (see the worker's log)"
+            )))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading a CAD SR failed");
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the object store failed or could not be reached (see server log)",
+            ));
+        }
+    };
+    let audit = caller.audit();
+    state
+        .catalog
+        .record_audit(&audit.entry("cad_sr.retrieve", Some(&study), None, None, crate::now_ms()))
+        .await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/dicom")],
+        bytes,
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
