@@ -94,7 +94,12 @@ fn expected(method: &Method, path: &str, who: Who) -> Expect {
             | "/dicomweb/studies/{study}/series"
             | "/dicomweb/studies/{study}/series/{series}/instances"
             | "/dicomweb/studies/{study}/series/{series}"
-            | "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
+            | "/dicomweb/studies/{study}/series/{series}/instances/{instance}"
+            | "/dicomweb/studies/{study}/metadata"
+            | "/dicomweb/studies/{study}/series/{series}/metadata"
+            | "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata"
+            | "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"
+            | "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
         ) => allowed(&["admin", "uploader-clinic-b", "radiologist-central"]),
         ("GET", "/api/v1/centers/{center}/worklist")
         | ("POST", "/api/v1/centers/{center}/worklist/claim")
@@ -208,7 +213,8 @@ async fn call(
         .replace("{series}", &first.series_uid)
         .replace("{instance}", &first.sop_uid)
         .replace("{center}", "central")
-        .replace("{item}", &item.to_string());
+        .replace("{item}", &item.to_string())
+        .replace("{frames}", "1");
     if rule.path.starts_with("/dicomweb/") && rule.method == Method::POST {
         // A fresh one-instance study per cell (an upload for one center must not
         // land in another center's study).

@@ -10,6 +10,8 @@ mod qido;
 mod session;
 mod stow;
 mod wado;
+mod wado_frames;
+mod wado_metadata;
 pub use access::{Access, Caller, RouteRule};
 pub use multipart::Framing;
 pub use stow::{
@@ -145,6 +147,36 @@ fn routes() -> Vec<Route> {
             "/dicomweb/studies/{study}/series/{series}/instances/{instance}",
             Roles(STUDY_READERS),
             wado::retrieve_instance,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/metadata",
+            Roles(STUDY_READERS),
+            wado_metadata::study_metadata,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}/metadata",
+            Roles(STUDY_READERS),
+            wado_metadata::series_metadata,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata",
+            Roles(STUDY_READERS),
+            wado_metadata::instance_metadata,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            Roles(STUDY_READERS),
+            wado_frames::instance_frames,
+        ),
+        route(
+            Method::GET,
+            "/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered",
+            Roles(STUDY_READERS),
+            wado_frames::instance_rendered,
         ),
         route(
             Method::GET,

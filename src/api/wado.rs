@@ -65,14 +65,15 @@ pub async fn retrieve_instance(
     .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn retrieve(
-    state: AppState,
-    caller: Caller,
+/// The instances of a study, series or instance that `caller` may see: 400 for a bad
+/// UID, 403 for a study of another center, 404 naming what is not there.
+pub(super) async fn lookup(
+    state: &AppState,
+    caller: &Caller,
     study: &str,
     series: Option<&str>,
     instance: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<Vec<RetrievableInstance>, ApiError> {
     for uid in series.iter().chain(instance.iter()) {
         if !is_valid_uid(uid) {
             return Err(ApiError::bad_request(format!(
@@ -81,8 +82,7 @@ async fn retrieve(
             )));
         }
     }
-    let wanted = accepted_syntaxes(headers)?;
-    super::worklist::readable_study(&state, &caller, study).await?;
+    super::worklist::readable_study(state, caller, study).await?;
     let instances = state
         .catalog
         .retrievable_instances(study, series, instance)
@@ -96,6 +96,19 @@ async fn retrieve(
             _ => format!("study {study} has no instances"),
         }));
     }
+    Ok(instances)
+}
+
+async fn retrieve(
+    state: AppState,
+    caller: Caller,
+    study: &str,
+    series: Option<&str>,
+    instance: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let wanted = accepted_syntaxes(headers)?;
+    let instances = lookup(&state, &caller, study, series, instance).await?;
     if let Wanted::Only(list) = &wanted {
         if let Some(i) = instances
             .iter()
