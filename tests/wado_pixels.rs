@@ -343,6 +343,68 @@ async fn tomosynthesis_frames_and_refusals_are_exact() {
     );
     let (status, _) = get(&t, &format!("{inst}/rendered"), "image/jpeg").await;
     assert_eq!(status, 200);
+
+    // Byte ranges of the instance, read from the object store as ranges.
+    let file = enhanced::bytes(&tomo);
+    let size = file.len();
+    let ranged = |range: String| {
+        let (t, inst) = (&t, &inst);
+        async move {
+            let resp = t
+                .http
+                .get(format!("{}{inst}", t.url))
+                .header("Authorization", t.bearer("admin"))
+                .header("Range", range)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let content_range = resp
+                .headers()
+                .get("content-range")
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
+            (status, content_range, resp.bytes().await.unwrap().to_vec())
+        }
+    };
+    /// The one part's body of a multipart response.
+    fn part(body: &[u8]) -> &[u8] {
+        let head_end = body.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&body[..head_end]);
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        &body[head_end..head_end + len]
+    }
+    let (status, content_range, body) = ranged("bytes=1000-1999".into()).await;
+    assert_eq!(
+        (status, content_range.as_str()),
+        (206, format!("bytes 1000-1999/{size}").as_str())
+    );
+    assert_eq!(part(&body), &file[1000..2000]);
+    let (status, content_range, body) = ranged("bytes=-100".into()).await;
+    assert_eq!(
+        (status, content_range.as_str()),
+        (
+            206,
+            format!("bytes {}-{}/{size}", size - 100, size - 1).as_str()
+        )
+    );
+    assert_eq!(part(&body), &file[size - 100..]);
+    let (status, content_range, body) = ranged(format!("bytes={size}-")).await;
+    assert_eq!((status, content_range), (416, format!("bytes */{size}")));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"],
+        format!("the range starts at byte {size}, but instance {sop} holds {size} bytes")
+    );
+    // Several ranges are ignored: the whole instance.
+    let (status, _, body) = ranged("bytes=0-9,20-29".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(part(&body), &file[..]);
     t.stop().await;
 }
 

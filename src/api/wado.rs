@@ -8,6 +8,12 @@
 //! (tamiz does not transcode). A request without a `transfer-syntax` parameter gets
 //! the stored syntax too, where PS3.18 would have Explicit VR Little Endian; the
 //! part's Content-Type names the syntax sent.
+//!
+//! One instance may be asked for a byte range (`Range: bytes=first-last`, `first-`
+//! or `-suffix`): the range is read from the object store as such and sent as the
+//! one part of a 206 response with its Content-Range (a viewer reading a large
+//! tomosynthesis object in pieces). Several ranges, or a range on a study or series,
+//! are ignored (the whole is sent).
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -131,14 +137,109 @@ async fn retrieve(
     let boundary = format!("tamiz-{:032x}", rand::random::<u128>());
     let content_type =
         format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
-    let body = Body::from_stream(parts(state, instances, boundary));
-    let mut response = (StatusCode::OK, body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(&content_type)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-    );
+    let range = match (instance, headers.get(header::RANGE)) {
+        (Some(_), Some(v)) => v.to_str().ok().and_then(byte_range),
+        _ => None,
+    };
+    let mut response = match range {
+        Some(range) => ranged(&state, &instances[0], range, &boundary).await?,
+        None => {
+            let body = Body::from_stream(parts(state, instances, boundary));
+            (StatusCode::OK, body).into_response()
+        }
+    };
+    if response.status().is_success() {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(&content_type)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        );
+    }
     Ok(response)
+}
+
+/// The most bytes one ranged request reads (a larger range is cut, and its
+/// Content-Range says what was sent).
+const MAX_RANGE: u64 = 64 << 20;
+
+/// A single byte range of a `Range: bytes=...` header (RFC 9110 §14.1.2):
+/// `(Some(first), Some(last))`, `(Some(first), None)` to the end, or `(None,
+/// Some(n))` for the last n bytes. Anything else (several ranges, other units, bad
+/// syntax) is `None`: the header is ignored and the whole instance sent.
+type ByteRange = (Option<u64>, Option<u64>);
+
+fn byte_range(value: &str) -> Option<ByteRange> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let num = |s: &str| -> Option<Option<u64>> {
+        let s = s.trim();
+        if s.is_empty() {
+            Some(None)
+        } else {
+            s.parse().ok().map(Some)
+        }
+    };
+    match (num(a)?, num(b)?) {
+        (None, None) => None,
+        (Some(first), Some(last)) if last < first => None,
+        r => Some(r),
+    }
+}
+
+/// The bytes of one instance in `range`, read from the object store as a range (206,
+/// one part, Content-Range in the part and the response); 416 when the range starts
+/// past the end.
+async fn ranged(
+    state: &AppState,
+    inst: &RetrievableInstance,
+    range: ByteRange,
+    boundary: &str,
+) -> Result<Response, ApiError> {
+    let size = inst.size_bytes.max(0) as u64;
+    let (first, last) = match range {
+        (Some(f), Some(l)) => (f, l.min(size.saturating_sub(1))),
+        (Some(f), None) => (f, size.saturating_sub(1)),
+        (None, Some(n)) => (size.saturating_sub(n), size.saturating_sub(1)),
+        (None, None) => (0, size.saturating_sub(1)),
+    };
+    if first >= size || size == 0 {
+        let mut r = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!(
+                "the range starts at byte {first}, but instance {} holds {size} bytes",
+                inst.sop_uid
+            ),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return Ok(r);
+    }
+    let last = last.min(first + MAX_RANGE - 1);
+    let bytes = state
+        .ingest
+        .store
+        .read_range(&inst.object_key, first, last - first + 1)
+        .await
+        .map_err(super::wado_metadata::store_failed)?;
+    let content_range = format!("bytes {first}-{}/{size}", first + bytes.len() as u64 - 1);
+    let mut body = format!(
+        "--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={}\r\nContent-Range: {content_range}\r\nContent-Length: {}\r\n\r\n",
+        inst.transfer_syntax,
+        bytes.len()
+    )
+    .into_bytes();
+    body.extend_from_slice(&bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let mut r = (StatusCode::PARTIAL_CONTENT, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&content_range) {
+        r.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    Ok(r)
 }
 
 /// What the request accepts of the instances' transfer syntaxes.
@@ -318,6 +419,23 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
         accepted_syntaxes(&h).map_err(|e| e.status.as_u16())
+    }
+
+    #[test]
+    fn byte_ranges_are_single_and_well_formed() {
+        assert_eq!(byte_range("bytes=0-99"), Some((Some(0), Some(99))));
+        assert_eq!(byte_range("bytes=100-"), Some((Some(100), None)));
+        assert_eq!(byte_range("bytes=-500"), Some((None, Some(500))));
+        for ignored in [
+            "bytes=0-1,5-9",
+            "items=0-1",
+            "bytes=9-1",
+            "bytes=-",
+            "bytes=a-b",
+            "0-1",
+        ] {
+            assert_eq!(byte_range(ignored), None, "{ignored}");
+        }
     }
 
     #[test]
