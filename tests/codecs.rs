@@ -97,6 +97,9 @@ fn open(path: &Path) -> dicom_object::DefaultDicomObject {
 /// The decoded samples of an instance as tamiz's decoder sees them.
 fn samples(obj: &dicom_object::DefaultDicomObject) -> Vec<u16> {
     let decoded = obj.decode_pixel_data().expect("decode");
+    if decoded.bits_allocated() == 8 {
+        return decoded.data().iter().map(|&v| v as u16).collect();
+    }
     decoded
         .data()
         .chunks_exact(2)
@@ -281,7 +284,7 @@ fn damaged_lossless_jpeg_streams_are_errors_of_tamiz_decoder() {
         .expect_err("a stream of 0xFF fill")
         .to_string();
     assert!(
-        err.starts_with("pixel data could not be decoded: corrupt lossless JPEG stream: the scan's data ends before its last sample ("),
+        err.starts_with("pixel data could not be decoded: corrupt JPEG stream: the scan's data ends before its last sample ("),
         "{err}"
     );
     // Zeroed data after the headers: zero bits read as the table's first codes,
@@ -292,7 +295,7 @@ fn damaged_lossless_jpeg_streams_are_errors_of_tamiz_decoder() {
         .expect_err("zeroed scan data")
         .to_string();
     assert!(
-        err.starts_with("pixel data could not be decoded: corrupt lossless JPEG stream: "),
+        err.starts_with("pixel data could not be decoded: corrupt JPEG stream: "),
         "{err}"
     );
     // Every cut of the first 300 bytes of the stream: an error or pixels.
@@ -303,5 +306,103 @@ fn damaged_lossless_jpeg_streams_are_errors_of_tamiz_decoder() {
             tamiz::dicom::pixels::predecode(&open_bytes(&cut)).map(|n| n.is_some())
         });
         assert!(result.is_ok(), "cut at {at}: a panic");
+    }
+}
+
+/// The decoded samples of an instance as the worker sees them: tamiz's own decoders
+/// first (`predecode`), dicom-rs otherwise.
+fn tamiz_samples(obj: &dicom_object::DefaultDicomObject) -> Vec<u16> {
+    match tamiz::dicom::pixels::predecode(obj).expect("decode") {
+        Some(native) => samples(&native),
+        None => samples(obj),
+    }
+}
+
+#[test]
+fn jpeg_extended_12_bit_decodes_as_dcmtk_decodes_it() {
+    let card = card();
+    for bits in [12u32, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        python(WRITE_ARRAY, &[d.to_str().unwrap(), &bits.to_string()]);
+        let src = d.join("ref.dcm");
+        let (jpeg, back) = (d.join("extended.dcm"), d.join("dcmtk-decoded.dcm"));
+        // dcmtk: extended sequential (process 4 at 12 bits, 2 at 8), quality 90; then
+        // its own decoding of that file.
+        tool(
+            "dcmcjpeg",
+            &["+ee", src.to_str().unwrap(), jpeg.to_str().unwrap()],
+        );
+        tool(
+            "dcmdjpeg",
+            &[jpeg.to_str().unwrap(), back.to_str().unwrap()],
+        );
+        let what = format!("JPEG extended at {bits} bits");
+        let obj = open(&jpeg);
+        assert_eq!(
+            obj.meta().transfer_syntax().trim_end_matches('\0'),
+            "1.2.840.10008.1.2.4.51",
+            "{what}"
+        );
+        let bytes = std::fs::read(&jpeg).unwrap();
+        tamiz::dicom::inspect_bytes(&bytes, &tamiz::config::Limits::default())
+            .unwrap_or_else(|e| panic!("{what} is refused at ingest: {e}"));
+        let ours = tamiz_samples(&obj);
+        let dcmtk = samples(&open(&back));
+        let original = samples(&open(&src));
+        assert_eq!(ours.len(), original.len(), "{what}");
+        let worst = |a: &[u16], b: &[u16]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (*x as i32 - *y as i32).unsigned_abs())
+                .max()
+                .unwrap()
+        };
+        // The same lossy image as dcmtk's decoder, to the last bit but one (an integer
+        // inverse DCT against tamiz's float one).
+        assert!(
+            worst(&ours, &dcmtk) <= 1,
+            "{what}: {} from dcmtk's decoding",
+            worst(&ours, &dcmtk)
+        );
+        // Lossy at quality 90: near the original, and not identical to it.
+        let range = (1u32 << bits) - 1;
+        let w = worst(&ours, &original);
+        assert!(w > 0 && w <= range / 10, "{what}: {w} from the original");
+        // The worker scores it.
+        prepare_view(&bytes, &card).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+}
+
+#[test]
+fn damaged_jpeg_extended_streams_are_errors_of_tamiz_decoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    python(WRITE_ARRAY, &[d.to_str().unwrap(), "12"]);
+    let (src, jpeg) = (d.join("ref.dcm"), d.join("extended.dcm"));
+    tool(
+        "dcmcjpeg",
+        &["+ee", src.to_str().unwrap(), jpeg.to_str().unwrap()],
+    );
+    let good = std::fs::read(&jpeg).unwrap();
+    // 0xFF fill reads as a marker: the scan ends early.
+    let mut filled = good.clone();
+    damage_codestream(&mut filled, 2000, 0xFF);
+    let err = tamiz::dicom::pixels::predecode(&open_bytes(&filled))
+        .expect_err("a stream of 0xFF fill")
+        .to_string();
+    assert_eq!(
+        err,
+        "pixel data could not be decoded: corrupt JPEG stream: the scan's data ends before its last block"
+    );
+    // Every damage of the first 1000 bytes (its tables and scan header): an error or
+    // pixels, never a panic.
+    for (at, fill) in (0..1000).step_by(13).flat_map(|a| [(a, 0u8), (a, 0x5A)]) {
+        let mut cut = good.clone();
+        damage_codestream(&mut cut, at, fill);
+        let result = std::panic::catch_unwind(|| {
+            tamiz::dicom::pixels::predecode(&open_bytes(&cut)).map(|n| n.is_some())
+        });
+        assert!(result.is_ok(), "damage at {at} with {fill:#x}: a panic");
     }
 }

@@ -16,9 +16,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LjpegError {
     /// Valid JPEG this decoder does not handle: decode it another way.
-    #[error("not handled by the lossless JPEG decoder: {0}")]
+    #[error("not handled by tamiz's JPEG decoders: {0}")]
     Unsupported(String),
-    #[error("corrupt lossless JPEG stream: {0}")]
+    #[error("corrupt JPEG stream: {0}")]
     Corrupt(String),
 }
 
@@ -35,7 +35,7 @@ const LOOKUP_BITS: u32 = 12;
 
 /// A Huffman table of difference categories (SSSS, 0 to 16).
 #[derive(Clone)]
-struct Table {
+pub(crate) struct Table {
     /// Indexed by the next LOOKUP_BITS bits: (code length << 8) | symbol, 0 when the
     /// code is longer than LOOKUP_BITS.
     lookup: Vec<u16>,
@@ -48,7 +48,7 @@ struct Table {
 }
 
 impl Table {
-    fn new(counts: &[u8; 16], values: Vec<u8>) -> Result<Table, LjpegError> {
+    pub(crate) fn new(counts: &[u8; 16], values: Vec<u8>) -> Result<Table, LjpegError> {
         let total: usize = counts.iter().map(|&c| c as usize).sum();
         if total != values.len() || total > 256 {
             return Err(LjpegError::Corrupt(
@@ -98,7 +98,7 @@ impl Table {
 }
 
 /// The entropy-coded bits, with byte stuffing (FF 00) removed; at a marker, zeros.
-struct Bits<'a> {
+pub(crate) struct Bits<'a> {
     data: &'a [u8],
     pos: usize,
     buf: u64,
@@ -108,6 +108,66 @@ struct Bits<'a> {
 }
 
 impl<'a> Bits<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Bits<'a> {
+        Bits {
+            data,
+            pos: 0,
+            buf: 0,
+            count: 0,
+            fed: 0,
+        }
+    }
+
+    /// Whether bits were read past the scan's data (the stream was cut short).
+    pub(crate) fn overran(&self) -> bool {
+        self.fed > self.count
+    }
+
+    /// At a restart interval's end: drops the bits left in the byte, skips to the
+    /// next RSTn marker and past it (ISO 10918-1 F.2.2.5).
+    pub(crate) fn restart(&mut self) -> Result<(), LjpegError> {
+        self.buf = 0;
+        self.count = 0;
+        self.fed = 0;
+        while self.pos + 1 < self.data.len() {
+            if self.data[self.pos] == 0xFF && (0xD0..=0xD7).contains(&self.data[self.pos + 1]) {
+                self.pos += 2;
+                return Ok(());
+            }
+            self.pos += 1;
+        }
+        Err(LjpegError::Corrupt(
+            "a restart marker is missing where the restart interval ends".into(),
+        ))
+    }
+
+    /// One Huffman-coded symbol.
+    #[inline(always)]
+    pub(crate) fn symbol(&mut self, t: &Table) -> Result<u8, LjpegError> {
+        self.refill();
+        let e = t.lookup[self.peek(LOOKUP_BITS) as usize];
+        if e != 0 {
+            self.consume((e >> 8) as u32);
+            Ok((e & 0xFF) as u8)
+        } else {
+            self.slow_symbol(t)
+        }
+    }
+
+    /// The `s` bits that follow a category, as a signed value (ISO 10918-1 F.2.2.1,
+    /// EXTEND); `s` from 1 to 15.
+    #[inline(always)]
+    pub(crate) fn extend(&mut self, s: u32) -> i32 {
+        self.refill();
+        let v = self.peek(s) as i32;
+        self.consume(s);
+        if v < 1 << (s - 1) {
+            v - (1 << s) + 1
+        } else {
+            v
+        }
+    }
+
     #[inline(always)]
     fn refill(&mut self) {
         while self.count <= 56 {
@@ -199,7 +259,7 @@ impl<'a> Bits<'a> {
     }
 }
 
-fn be16(b: &[u8], i: usize) -> Result<usize, LjpegError> {
+pub(crate) fn be16(b: &[u8], i: usize) -> Result<usize, LjpegError> {
     match (b.get(i), b.get(i + 1)) {
         (Some(&h), Some(&l)) => Ok(((h as usize) << 8) | l as usize),
         _ => Err(LjpegError::Corrupt(

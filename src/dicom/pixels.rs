@@ -276,18 +276,21 @@ pub fn window(x: f64, center: f64, width: f64, function: WindowFunction) -> f64 
 
 /// JPEG Lossless, process 14 (selection value 1, and any), and RLE Lossless: decoded
 /// by tamiz's own decoders (`tamiz-codecs`), faster than dicom-rs's on one core
-/// (`docs/DICOM.md`).
+/// (`docs/DICOM.md`); JPEG Extended too, which dicom-rs cannot decode at 12 bits.
 const LOSSLESS_JPEG: [&str; 2] = ["1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57"];
+/// JPEG Extended (processes 2 and 4): 12-bit DCT, which dicom-rs's decoder refuses.
+const EXTENDED_JPEG: &str = "1.2.840.10008.1.2.4.51";
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 
-/// For a JPEG Lossless or RLE Lossless image, a copy of the object whose Pixel Data
+/// For a JPEG Lossless, JPEG Extended or RLE Lossless image, a copy of the object whose Pixel Data
 /// is the image decoded by `tamiz-codecs`, stored native, so that dicom-pixeldata
 /// reads it without decoding again. `None` for every other transfer syntax, and for
 /// a stream those decoders leave to dicom-rs (several components, restart intervals).
 pub fn predecode(obj: &DefaultDicomObject) -> Result<Option<DefaultDicomObject>, PixelError> {
     let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
-    let jpeg = LOSSLESS_JPEG.contains(&ts);
+    let lossless = LOSSLESS_JPEG.contains(&ts);
+    let jpeg = lossless || ts == EXTENDED_JPEG;
     if !jpeg && ts != RLE_LOSSLESS {
         return Ok(None);
     }
@@ -317,7 +320,12 @@ pub fn predecode(obj: &DefaultDicomObject) -> Result<Option<DefaultDicomObject>,
         many => Cow::Owned(many.concat()),
     };
     let value = if jpeg {
-        let frame = match tamiz_codecs::ljpeg::decode(&stream, rows * columns) {
+        let decoded = if lossless {
+            tamiz_codecs::ljpeg::decode(&stream, rows * columns)
+        } else {
+            tamiz_codecs::jpeg12::decode(&stream, rows * columns)
+        };
+        let frame = match decoded {
             Ok(f) => f,
             Err(tamiz_codecs::ljpeg::LjpegError::Unsupported(_)) => return Ok(None),
             Err(e) => return Err(PixelError::Decode(e.to_string())),
