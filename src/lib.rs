@@ -8,8 +8,8 @@
 //! # Layout
 //! - [`config`]: `pipeline.toml`, the deployment's single configuration.
 //! - [`dicom`]: structural pre-check, metadata extraction and validation (codestream
-//!   frame headers against Rows × Columns included); decoding (JPEG Lossless and RLE
-//!   by the workspace crate `tamiz-codecs`, the rest by dicom-rs) and stored samples →
+//!   frame headers against Rows × Columns included); decoding (JPEG Lossless, JPEG
+//!   Extended and RLE by the workspace crate `tamiz-codecs`, the rest by dicom-rs) and stored samples →
 //!   display values.
 //! - [`ingest`]: one uploaded instance → object store + catalog.
 //! - [`inbox`]: files dropped under `inbox/{center}/` in the bucket → ingest, with
