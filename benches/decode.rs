@@ -5,8 +5,8 @@
 //!
 //! The files: one array (12 or 16 stored bits, `TAMIZ_BENCH_BITS` [16]) written by
 //! pydicom, encoded by dcmtk (JPEG Lossless SV1, JPEG-LS lossless and near-lossless,
-//! Deflated), GDCM (JPEG 2000 lossless, RLE) and pydicom with OpenJPEG (JPEG 2000
-//! lossy).
+//! Deflated, and JPEG Extended at 12 bits), GDCM (JPEG 2000 lossless, RLE), pydicom
+//! with OpenJPEG (JPEG 2000 lossy) and imagecodecs with OpenJPH (HTJ2K lossless).
 //! - tamiz: parsing the file from memory and decoding it (`predecode`, then
 //!   `decode_pixel_data`), best of 5 (a Deflated data set is inflated by the parse);
 //!   beside it dicom-rs alone (`decode_pixel_data`), which differs for JPEG Lossless
@@ -43,6 +43,15 @@ ds = mammogram(arr, bits, "BENCH-1")
 ds.save_as(f"{out}/ref.dcm", enforce_file_format=True)
 ds.compress(uid.JPEG2000, arr, j2k_psnr=[70.0])
 ds.save_as(f"{out}/j2k-lossy.dcm", enforce_file_format=True)
+import imagecodecs
+from pydicom import dcmread
+from pydicom.encaps import encapsulate
+h = dcmread(f"{out}/ref.dcm")
+stream = imagecodecs.htj2k_encode(h.pixel_array, reversible=True)
+h.file_meta.TransferSyntaxUID = uid.HTJ2KLossless
+h.PixelData = encapsulate([stream])
+h["PixelData"].VR, h["PixelData"].is_undefined_length = "OB", True
+h.save_as(f"{out}/htj2k.dcm", enforce_file_format=True)
 "#;
 
 /// Times `pixel_array` with every installed plugin; prints `plugin ms` lines (best of
@@ -123,6 +132,13 @@ const CODECS: &[Codec] = &[
     Codec {
         name: "JPEG 2000 lossy 70 dB (.91)",
         file: "j2k-lossy.dcm",
+        make: None,
+        dcmtk: "",
+        max_bits: 16,
+    },
+    Codec {
+        name: "HTJ2K lossless (.201)",
+        file: "htj2k.dcm",
         make: None,
         dcmtk: "",
         max_bits: 16,

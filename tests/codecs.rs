@@ -406,3 +406,60 @@ fn damaged_jpeg_extended_streams_are_errors_of_tamiz_decoder() {
         assert!(result.is_ok(), "damage at {at} with {fill:#x}: a panic");
     }
 }
+
+/// Writes `htj2k-201.dcm` and `htj2k-203.dcm`: the reference array as one reversible
+/// HTJ2K codestream (imagecodecs, through OpenJPH), under HTJ2K Lossless (.201) and
+/// HTJ2K (.203, which allows lossless streams).
+const WRITE_HTJ2K: &str = r#"
+import sys
+import imagecodecs
+from pydicom import dcmread, uid
+from pydicom.encaps import encapsulate
+d = sys.argv[1]
+ds = dcmread(f"{d}/ref.dcm")
+stream = imagecodecs.htj2k_encode(ds.pixel_array, reversible=True)
+assert stream[:4] == b"\xff\x4f\xff\x51", "a raw J2K codestream"
+for name, ts in [("htj2k-201", uid.HTJ2KLossless), ("htj2k-203", uid.HTJ2K)]:
+    c = dcmread(f"{d}/ref.dcm")
+    c.file_meta.TransferSyntaxUID = ts
+    c.PixelData = encapsulate([stream])
+    c["PixelData"].VR = "OB"
+    c["PixelData"].is_undefined_length = True
+    c.save_as(f"{d}/{name}.dcm", enforce_file_format=True)
+"#;
+
+#[test]
+fn htj2k_from_openjph_decodes_bit_exactly() {
+    let card = card();
+    for bits in [12u32, 16] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        python(WRITE_ARRAY, &[d.to_str().unwrap(), &bits.to_string()]);
+        python(WRITE_HTJ2K, &[d.to_str().unwrap()]);
+        let src = d.join("ref.dcm");
+        let expected = samples(&open(&src));
+        let model_input = prepare_view(&std::fs::read(&src).unwrap(), &card).unwrap();
+        for (name, ts) in [
+            ("htj2k-201", "1.2.840.10008.1.2.4.201"),
+            ("htj2k-203", "1.2.840.10008.1.2.4.203"),
+        ] {
+            let what = format!("{name} at {bits} bits");
+            let path = d.join(format!("{name}.dcm"));
+            let bytes = std::fs::read(&path).unwrap();
+            let obj = open(&path);
+            assert_eq!(
+                obj.meta().transfer_syntax().trim_end_matches('\0'),
+                ts,
+                "{what}"
+            );
+            tamiz::dicom::inspect_bytes(&bytes, &tamiz::config::Limits::default())
+                .unwrap_or_else(|e| panic!("{what} is refused at ingest: {e}"));
+            assert!(tamiz_samples(&obj) == expected, "{what}: not bit-exact");
+            assert_eq!(
+                prepare_view(&bytes, &card).unwrap(),
+                model_input,
+                "{what}: the model gets the same input as from the uncompressed file"
+            );
+        }
+    }
+}
